@@ -1,0 +1,531 @@
+"""Download posters from a catalogue's URLs: concurrent, validated and resumable.
+
+``fetch_posters(catalog, out_dir)`` saves each movie's poster as ``out_dir/{id}.jpg``:
+
+* downloads run concurrently (``httpx.AsyncClient``, ``config.concurrency`` workers sharing
+  a connection pool of the same size), with browser-like headers and at most
+  ``MAX_REDIRECTS`` redirects;
+* timeouts, connection errors, HTTP 429 and 5xx are retried with exponential backoff and
+  jitter (``Retry-After`` is honoured, capped); other 4xx are not retried;
+* Amazon/IMDb poster URLs fall back to other size variants (``url_variants``) when the
+  original gives 403/404/410 or is not an image;
+* a body only counts once it has an ``image/*`` content type, fits in ``max_bytes``, passes
+  Pillow's ``verify()`` and a full ``load()``, and declares at most ``max_pixels`` pixels.
+  It is streamed to ``.{id}.jpg.part`` and renamed to ``{id}.jpg`` only after that, so a
+  killed run never leaves a partial file under a final name;
+* a re-run keeps files that exist and validate (status ``cached``) and retries the rest;
+* ``out_dir/manifest.csv`` (``MANIFEST_COLUMNS``) gets one row per movie; it is written
+  atomically every ``config.manifest_every`` results and at the end.
+
+Statuses: ``ok``, ``cached``, ``no_url``, ``invalid_url``, ``invalid_id``, ``http_<code>``
+(e.g. ``http_404``, ``http_500``), ``timeout``, ``connection_error``, ``truncated`` (body
+cut short or image data incomplete), ``not_image``, ``too_large`` (more than ``max_bytes``),
+``bomb`` (more than ``max_pixels``), ``too_many_redirects`` and ``http_error`` (any other
+HTTP-level failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import csv
+import logging
+import math
+import os
+import random
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Coroutine, Iterable, Iterator
+from dataclasses import dataclass, replace
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+HEADERS = {
+    "User-Agent": (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/126.0 Safari/537.36"
+    ),
+    "Accept": "image/avif,image/webp,image/apng,image/*,*/*;q=0.8",
+    "Accept-Language": "en-US,en;q=0.9",
+}
+MAX_REDIRECTS = 5
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = ("imdbId", "status", "bytes", "attempts", "final_url")
+OK_STATUSES = frozenset({"ok", "cached"})
+# Outcomes after which another size variant of the same poster is worth a try.
+FALLBACK_STATUSES = frozenset({"http_403", "http_404", "http_410", "not_image"})
+# Size specs tried after the original one, in order ("" is the full-size original).
+FALLBACK_SIZE_SPECS = ("", "SX300")
+
+_CHUNK_SIZE = 64 * 1024
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_V1_RE = re.compile(r"^(?P<head>.+\._V1_)(?P<spec>[^/]*)(?P<ext>\.jpg)$", re.IGNORECASE)
+_SAMPLE_HELP = "expected 'per-genre:K' or 'random:N' with a positive integer"
+
+
+@dataclass
+class FetchConfig:
+    """Knobs for ``fetch_posters``."""
+
+    concurrency: int = 16
+    retries: int = 3  # extra attempts per URL after the first
+    timeout: float = 20.0  # seconds per request (connect + headers + body)
+    max_bytes: int = 10_000_000
+    max_pixels: int = 40_000_000  # decompression-bomb limit
+    backoff: float = 0.5  # base seconds for exponential backoff with jitter
+    max_retry_after: float = 60.0  # cap for Retry-After waits (and for backoff)
+    manifest_every: int = 50  # rewrite the manifest after this many results
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.retries < 0 or self.manifest_every < 1:
+            raise ValueError("concurrency and manifest_every must be >= 1, retries >= 0")
+        if self.timeout <= 0 or self.max_bytes < 1 or self.max_pixels < 1:
+            raise ValueError("timeout, max_bytes and max_pixels must be positive")
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What happened to one movie's poster (one manifest row)."""
+
+    id: str
+    status: str
+    bytes: int = 0
+    attempts: int = 0
+    final_url: str = ""
+
+    def row(self) -> tuple[str, str, int, int, str]:
+        return (self.id, self.status, self.bytes, self.attempts, self.final_url)
+
+
+@dataclass
+class FetchSummary:
+    """Outcome of ``fetch_posters``: counts per status and where the manifest is."""
+
+    counts: dict[str, int]
+    manifest: Path
+    out_dir: Path
+    elapsed: float  # seconds
+
+    @property
+    def n_ok(self) -> int:
+        """Posters present and valid (downloaded now or cached)."""
+        return sum(self.counts.get(s, 0) for s in OK_STATUSES)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(self.counts.values()) - self.n_ok
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """Outcome of one HTTP request; ``status == "downloaded"`` means the body is in the .part file."""
+
+    status: str
+    url: str
+    nbytes: int = 0
+    retry: bool = False
+    retry_after: float | None = None
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def select(
+    catalog: pd.DataFrame, limit: int | None = None, sample: str | None = None, seed: int = 42
+) -> pd.DataFrame:
+    """Rows of ``catalog`` to fetch, in catalogue order.
+
+    ``sample`` is ``"per-genre:K"`` (every genre gets up to K posters; a movie picked for a
+    rare genre also counts for its other genres, which keeps common genres near K) or
+    ``"random:N"`` (N random rows). ``limit`` then keeps the first N rows.
+    """
+    out = catalog if sample is None else _sample(catalog, sample, seed)
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        out = out.head(limit)
+    return out
+
+
+def _sample(catalog: pd.DataFrame, spec: str, seed: int) -> pd.DataFrame:
+    kind, n = _parse_sample_spec(spec)
+    if kind == "random":
+        rng = np.random.default_rng(seed)
+        positions = rng.choice(len(catalog), size=min(n, len(catalog)), replace=False)
+        return catalog.iloc[np.sort(positions)]
+    return catalog.iloc[_per_genre_positions(catalog["genres"], n, seed)]
+
+
+def _parse_sample_spec(spec: str) -> tuple[str, int]:
+    kind, sep, number = str(spec).strip().partition(":")
+    kind = kind.strip().lower()
+    if not sep or kind not in ("per-genre", "random"):
+        raise ValueError(f"bad sample spec {spec!r}: {_SAMPLE_HELP}")
+    try:
+        n = int(number)
+    except ValueError:
+        raise ValueError(f"bad sample spec {spec!r}: {_SAMPLE_HELP}") from None
+    if n < 1:
+        raise ValueError(f"bad sample spec {spec!r}: {_SAMPLE_HELP}")
+    return kind, n
+
+
+def _per_genre_positions(genres_column: Iterable[Any], k: int, seed: int) -> list[int]:
+    """Greedy pick, rarest genre first, preferring rows that push no other genre past k."""
+    genres = [set(g) if isinstance(g, (list, tuple, set, np.ndarray)) else set() for g in genres_column]
+    by_genre: dict[str, list[int]] = defaultdict(list)
+    for pos, row_genres in enumerate(genres):
+        for genre in row_genres:
+            by_genre[genre].append(pos)
+    rng = random.Random(seed)
+    counts: Counter[str] = Counter()
+    chosen: set[int] = set()
+    for genre in sorted(by_genre, key=lambda g: (len(by_genre[g]), g)):
+        need = k - counts[genre]
+        if need <= 0:
+            continue
+        candidates = [p for p in by_genre[genre] if p not in chosen]
+        rng.shuffle(candidates)
+        candidates.sort(key=lambda p: sum(counts[g] >= k for g in genres[p]))  # stable
+        for pos in candidates[:need]:
+            chosen.add(pos)
+            counts.update(genres[pos])
+    return sorted(chosen)
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def url_variants(url: str) -> list[str]:
+    """The URL followed by its Amazon/IMDb size variants (``._V1_<spec>.jpg``), no duplicates.
+
+    >>> url_variants("https://m.media-amazon.com/images/M/MV5Bx@._V1_UX182_CR0,0,182,268_AL_.jpg")
+    ['https://m.media-amazon.com/images/M/MV5Bx@._V1_UX182_CR0,0,182,268_AL_.jpg', \
+'https://m.media-amazon.com/images/M/MV5Bx@._V1_.jpg', \
+'https://m.media-amazon.com/images/M/MV5Bx@._V1_SX300.jpg']
+    """
+    match = _V1_RE.match(url)
+    if match is None:
+        return [url]
+    variants = [url] + [f"{match['head']}{spec}{match['ext']}" for spec in FALLBACK_SIZE_SPECS]
+    return list(dict.fromkeys(variants))
+
+
+def is_http_url(url: str) -> bool:
+    """True for an absolute http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+
+
+def _clean_url(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value.strip()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_image(path: Path, max_pixels: int) -> str:
+    """``"ok"`` if ``path`` is a complete image of at most ``max_pixels`` pixels, else a status."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if width * height > max_pixels:
+                return "bomb"
+            im.verify()
+        with Image.open(path) as im:  # verify() leaves the image unusable: reopen to decode
+            im.load()
+    except Image.DecompressionBombError:
+        return "bomb"
+    except Exception as err:  # Pillow raises many kinds (OSError, SyntaxError, struct.error...)
+        log.debug("invalid image %s: %s", path, err)
+        return "truncated" if "truncated" in str(err).lower() else "not_image"
+    return "ok"
+
+
+def _is_image_type(content_type: str) -> bool:
+    """Accept image/*; a missing or generic type is left for Pillow to judge."""
+    mime = content_type.split(";")[0].strip().lower()
+    return mime in ("", "application/octet-stream") or mime.startswith("image/")
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def _retry_after_seconds(value: str | None, cap: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or HTTP date), capped."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), cap)
+
+
+def _backoff_delay(base: float, attempt: int, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with 'equal jitter': half fixed, half random."""
+    delay = min(cap, base * 2 ** (attempt - 1))
+    return delay / 2 + rng.uniform(0, delay / 2)
+
+
+def _http_failure(response: httpx.Response, config: FetchConfig) -> _Attempt:
+    code = response.status_code
+    retry = code == 429 or code >= 500
+    wait = _retry_after_seconds(response.headers.get("retry-after"), config.max_retry_after)
+    return _Attempt(f"http_{code}", str(response.url), retry=retry, retry_after=wait if retry else None)
+
+
+async def _stream_body(response: httpx.Response, part: Path, max_bytes: int) -> int | None:
+    """Write the body to ``part``; ``None`` as soon as it passes ``max_bytes``."""
+    nbytes = 0
+    with part.open("wb") as fh:
+        async for chunk in response.aiter_bytes(_CHUNK_SIZE):
+            nbytes += len(chunk)
+            if nbytes > max_bytes:
+                return None
+            fh.write(chunk)
+    return nbytes
+
+
+async def _download(client: httpx.AsyncClient, url: str, part: Path, config: FetchConfig) -> _Attempt:
+    """One GET of ``url`` into ``part``, with every failure mapped to a status."""
+    try:
+        async with asyncio.timeout(config.timeout):
+            async with client.stream("GET", url) as response:
+                final_url = str(response.url)
+                if not response.is_success:
+                    return _http_failure(response, config)
+                if not _is_image_type(response.headers.get("content-type", "")):
+                    return _Attempt("not_image", final_url)
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > config.max_bytes:
+                    return _Attempt("too_large", final_url, int(declared))
+                try:
+                    nbytes = await _stream_body(response, part, config.max_bytes)
+                except httpx.TimeoutException:
+                    raise
+                except httpx.TransportError as err:  # e.g. fewer bytes than Content-Length
+                    log.debug("body of %s cut short: %s", url, err)
+                    return _Attempt("truncated", final_url, retry=True)
+                if nbytes is None:
+                    return _Attempt("too_large", final_url, config.max_bytes)
+                return _Attempt("downloaded", final_url, nbytes)
+    except (TimeoutError, httpx.TimeoutException):
+        return _Attempt("timeout", url, retry=True)
+    except httpx.TooManyRedirects:
+        return _Attempt("too_many_redirects", url)
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL):  # e.g. a redirect to ftp://
+        return _Attempt("invalid_url", url)
+    except httpx.TransportError as err:
+        log.debug("connection error for %s: %s", url, err)
+        return _Attempt("connection_error", url, retry=True)
+    except httpx.HTTPError as err:
+        log.debug("HTTP error for %s: %s", url, err)
+        return _Attempt("http_error", url)
+
+
+async def _download_with_retries(
+    client: httpx.AsyncClient, url: str, part: Path, config: FetchConfig, rng: random.Random
+) -> tuple[_Attempt, int]:
+    """Download ``url``, retrying transient failures; returns the last outcome and attempts."""
+    attempts = 0
+    while True:
+        attempts += 1
+        outcome = await _download(client, url, part, config)
+        if not outcome.retry or attempts > config.retries:
+            return outcome, attempts
+        delay = outcome.retry_after
+        if delay is None:
+            delay = _backoff_delay(config.backoff, attempts, config.max_retry_after, rng)
+        log.debug("%s: %s, retry %d in %.2fs", url, outcome.status, attempts, delay)
+        await asyncio.sleep(delay)
+
+
+# --------------------------------------------------------------------------- one poster
+
+
+def _final_path(out_dir: Path, movie_id: str) -> Path:
+    return out_dir / f"{movie_id}.jpg"
+
+
+def _part_path(out_dir: Path, movie_id: str) -> Path:
+    return out_dir / f".{movie_id}.jpg.part"
+
+
+async def _fetch_one(
+    client: httpx.AsyncClient,
+    movie_id: str,
+    url: str | None,
+    out_dir: Path,
+    config: FetchConfig,
+    rng: random.Random,
+) -> FetchResult:
+    """Make ``out_dir/{movie_id}.jpg`` valid (cached or downloaded) or report why not."""
+    if not _ID_RE.fullmatch(movie_id):
+        return FetchResult(movie_id, "invalid_id", final_url=url or "")
+    dest = _final_path(out_dir, movie_id)
+    if dest.exists():
+        if await asyncio.to_thread(validate_image, dest, config.max_pixels) == "ok":
+            return FetchResult(movie_id, "cached", dest.stat().st_size, 0, url or "")
+        log.info("discarding invalid existing poster %s", dest)
+        dest.unlink(missing_ok=True)
+    if url is None:
+        return FetchResult(movie_id, "no_url")
+    if not is_http_url(url):
+        return FetchResult(movie_id, "invalid_url", final_url=url)
+
+    part = _part_path(out_dir, movie_id)
+    first_failure: _Attempt | None = None
+    total_attempts = 0
+    try:
+        for candidate in url_variants(url):
+            outcome, attempts = await _download_with_retries(client, candidate, part, config, rng)
+            total_attempts += attempts
+            if outcome.status == "downloaded":
+                status = await asyncio.to_thread(validate_image, part, config.max_pixels)
+                if status == "ok":
+                    os.replace(part, dest)
+                    return FetchResult(movie_id, "ok", outcome.nbytes, total_attempts, outcome.url)
+                outcome = replace(outcome, status=status)
+            first_failure = first_failure or outcome
+            if outcome.status not in FALLBACK_STATUSES:
+                break
+            log.debug("%s: %s for %s", movie_id, outcome.status, candidate)
+    finally:
+        part.unlink(missing_ok=True)
+    assert first_failure is not None
+    return FetchResult(
+        movie_id, first_failure.status, first_failure.nbytes, total_attempts, first_failure.url
+    )
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def write_manifest(results: Iterable[FetchResult], path: Path) -> None:
+    """Write the manifest CSV atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows(result.row() for result in results)
+    os.replace(tmp, path)
+
+
+def _remove_stale_parts(out_dir: Path) -> None:
+    for stale in [*out_dir.glob(".*.jpg.part"), *out_dir.glob(f".{MANIFEST_NAME}.tmp")]:
+        log.debug("removing stale %s", stale)
+        stale.unlink(missing_ok=True)
+
+
+def _jobs(catalog: pd.DataFrame) -> list[tuple[str, str | None]]:
+    """``(id, url)`` pairs, one per distinct id, in catalogue order."""
+    missing = {"id", "url"} - set(catalog.columns)
+    if missing:
+        raise ValueError(f"catalogue lacks column(s) {sorted(missing)}")
+    by_id: dict[str, str | None] = {}
+    for movie_id, url in zip(catalog["id"].astype(str), catalog["url"]):
+        by_id.setdefault(movie_id, _clean_url(url))
+    if len(by_id) < len(catalog):
+        log.warning("catalogue has %d duplicate id(s); each is fetched once", len(catalog) - len(by_id))
+    return list(by_id.items())
+
+
+async def _run(
+    jobs: list[tuple[str, str | None]],
+    out_dir: Path,
+    config: FetchConfig,
+    results: dict[int, FetchResult],
+    progress: bool,
+) -> None:
+    """Fetch every job with ``config.concurrency`` workers, recording into ``results``."""
+    manifest = out_dir / MANIFEST_NAME
+    queue: Iterator[tuple[int, tuple[str, str | None]]] = iter(enumerate(jobs))
+    rng = random.Random()
+    limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
+    client = httpx.AsyncClient(
+        headers=HEADERS,
+        follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
+        timeout=config.timeout,
+        limits=limits,
+    )
+
+    async def worker(bar: tqdm) -> None:
+        for position, (movie_id, url) in queue:  # one shared iterator: each job taken once
+            results[position] = await _fetch_one(client, movie_id, url, out_dir, config, rng)
+            bar.update(1)
+            if len(results) % config.manifest_every == 0:
+                write_manifest(_ordered(results), manifest)
+
+    async with client:
+        with tqdm(total=len(jobs), desc="posters", unit="poster", disable=not progress) as bar:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(config.concurrency, len(jobs))):
+                    group.create_task(worker(bar))
+
+
+def _ordered(results: dict[int, FetchResult]) -> list[FetchResult]:
+    return [results[position] for position in sorted(results)]
+
+
+def _run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, in a helper thread when an event loop already runs here (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def fetch_posters(
+    catalog: pd.DataFrame,
+    out_dir: Path,
+    config: FetchConfig = FetchConfig(),
+    progress: bool = True,
+) -> FetchSummary:
+    """Download the posters of ``catalog`` (columns ``id``, ``url``) into ``out_dir``.
+
+    Existing valid posters are kept (``cached``); everything else is (re)tried. Writes
+    ``out_dir/manifest.csv`` and returns the counts per status.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(out_dir)
+    jobs = _jobs(catalog)
+    manifest = out_dir / MANIFEST_NAME
+    results: dict[int, FetchResult] = {}
+    start = time.perf_counter()
+    log.info("fetching %d posters into %s (concurrency %d)", len(jobs), out_dir, config.concurrency)
+    try:
+        _run_coroutine(_run(jobs, out_dir, config, results, progress))
+    finally:
+        write_manifest(_ordered(results), manifest)  # also after Ctrl-C: what finished so far
+    counts = dict(Counter(r.status for r in results.values()).most_common())
+    summary = FetchSummary(counts, manifest, out_dir, time.perf_counter() - start)
+    log.info("fetched %d/%d posters in %.1fs: %s", summary.n_ok, len(jobs), summary.elapsed, counts)
+    return summary

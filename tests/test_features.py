@@ -1,0 +1,107 @@
+"""Embeddings: ONNX and torch agree, the cache computes each image once, failures are per file."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from posterlens import features
+from posterlens.backbones import resolve
+
+SPEC = resolve()
+
+
+@pytest.fixture
+def posters(tmp_path, sample_dir):
+    folder = tmp_path / "posters"
+    folder.mkdir()
+    for path in sorted((sample_dir / "images").iterdir())[:10]:
+        shutil.copy(path, folder)
+    return sorted(folder.iterdir())
+
+
+class Counting:
+    """Wraps a runner and counts the posters it embeds; can fail after some batches."""
+
+    def __init__(self, runner, fail_after: int | None = None):
+        self.runner, self.fail_after, self.seen, self.batches = runner, fail_after, 0, 0
+
+    def __call__(self, batch):
+        if self.fail_after is not None and self.batches >= self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.batches += 1
+        self.seen += len(batch)
+        return self.runner(batch)
+
+
+@pytest.fixture(scope="module")
+def onnx(tmp_path_factory):
+    return features.make_runner(SPEC, tmp_path_factory.mktemp("onnx"), "onnx")
+
+
+def test_onnx_and_torch_give_the_same_features(posters, tmp_path, onnx):
+    a = features.embed_files(posters[:4], SPEC, tmp_path / "a", runner=onnx, progress=False)
+    b = features.embed_files(posters[:4], SPEC, tmp_path / "b", engine="torch", progress=False)
+    assert a.features.shape == (4, SPEC.feature_dim)
+    assert np.allclose(a.features, b.features, atol=1e-3)
+
+
+def test_rerun_computes_nothing_and_a_new_poster_computes_one(posters, tmp_path, onnx):
+    first = Counting(onnx)
+    cold = features.embed_files(posters[:6], SPEC, tmp_path, runner=first, batch_size=4, progress=False)
+    assert first.seen == 6 and cold.computed == 6 and cold.cached == 0
+    again = Counting(onnx)
+    warm = features.embed_files(posters[:6], SPEC, tmp_path, runner=again, progress=False)
+    assert again.seen == 0 and warm.cached == 6
+    assert np.array_equal(warm.features, cold.features)
+    more = Counting(onnx)
+    grown = features.embed_files(posters[:7], SPEC, tmp_path, runner=more, progress=False)
+    assert more.seen == 1 and grown.computed == 1 and grown.cached == 6
+
+
+def test_cache_is_keyed_by_content_not_name(posters, tmp_path, onnx):
+    features.embed_files(posters[:1], SPEC, tmp_path, runner=onnx, progress=False)
+    renamed = tmp_path / "renamed.jpg"
+    shutil.copy(posters[0], renamed)
+    counting = Counting(onnx)
+    result = features.embed_files([renamed], SPEC, tmp_path, runner=counting, progress=False)
+    assert counting.seen == 0 and result.cached == 1
+
+
+def test_interrupted_run_keeps_finished_batches(posters, tmp_path, onnx):
+    with pytest.raises(KeyboardInterrupt):
+        features.embed_files(posters, SPEC, tmp_path, runner=Counting(onnx, fail_after=2), batch_size=3, progress=False)
+    resumed = Counting(onnx)
+    result = features.embed_files(posters, SPEC, tmp_path, runner=resumed, batch_size=3, progress=False)
+    assert result.cached == 6 and resumed.seen == 4
+    assert not list((tmp_path / "features").rglob("*.tmp"))
+
+
+def test_bad_files_do_not_stop_the_batch(posters, tmp_path, onnx):
+    (tmp_path / "text.jpg").write_text("not a poster")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    files = [posters[0], tmp_path / "text.jpg", posters[1], tmp_path / "empty.jpg", tmp_path / "gone.jpg"]
+    result = features.embed_files(files, SPEC, tmp_path, runner=onnx, progress=False)
+    assert list(result.ok) == [True, False, True, False, False]
+    assert set(result.errors) == {str(f) for f in files[1:2] + files[3:]}
+    assert "not an image" in result.errors[str(tmp_path / "text.jpg")]
+
+
+def test_damaged_cache_chunk_is_ignored(posters, tmp_path, onnx):
+    features.embed_files(posters[:2], SPEC, tmp_path, runner=onnx, progress=False)
+    for chunk in (tmp_path / "features").rglob("*.safetensors"):
+        chunk.write_bytes(b"garbage")
+    counting = Counting(onnx)
+    features.embed_files(posters[:2], SPEC, tmp_path, runner=counting, progress=False)
+    assert counting.seen == 2
+
+
+def test_compaction_merges_chunks(posters, tmp_path, onnx, monkeypatch):
+    monkeypatch.setattr(features, "COMPACT_AFTER", 2)
+    result = features.embed_files(posters, SPEC, tmp_path, runner=onnx, batch_size=2, progress=False)
+    chunks = list((tmp_path / "features").rglob("*.safetensors"))
+    assert len(chunks) == 1
+    again = features.embed_files(posters, SPEC, tmp_path, runner=Counting(onnx), progress=False)
+    assert np.array_equal(again.features, result.features)

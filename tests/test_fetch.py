@@ -1,0 +1,354 @@
+"""Tests for posterlens.fetch against a real HTTP server on 127.0.0.1 (tests/http_faults.py)."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+import posterlens.fetch as fetch_module
+from http_faults import FaultServer, Reply
+from posterlens.fetch import (
+    MANIFEST_COLUMNS,
+    FetchConfig,
+    fetch_posters,
+    select,
+    url_variants,
+    validate_image,
+)
+
+SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "examples" / "sample" / "images"
+V1 = "/images/M/MV5Bvariant@._V1_UX182_CR0,0,182,268_AL_.jpg"
+V1_FULL = "/images/M/MV5Bvariant@._V1_.jpg"
+V1_HTML = "/images/M/MV5Bhtml@._V1_UX182_CR0,0,182,268_AL_.jpg"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def posters() -> list[bytes]:
+    paths = sorted(SAMPLE_IMAGES.glob("*.jpg"))
+    assert len(paths) >= 120
+    return [p.read_bytes() for p in paths]
+
+
+def make_catalog(rows: dict[str, str | None]) -> pd.DataFrame:
+    """A catalogue with the columns of ``posterlens.catalog.read_catalog``."""
+    return pd.DataFrame(
+        {
+            "id": list(rows),
+            "title": [f"Movie {i}" for i in rows],
+            "genres": [["Drama"] for _ in rows],
+            "score": [7.0 for _ in rows],
+            "path": [None for _ in rows],
+            "url": list(rows.values()),
+        }
+    )
+
+
+def read_manifest(out_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(out_dir / "manifest.csv", dtype={"imdbId": str}, keep_default_na=False)
+
+
+def loads(path: Path) -> bool:
+    with Image.open(path) as im:
+        im.load()
+    return True
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bomb_png() -> bytes:
+    """8000x8000 1-bit PNG: 8 KB on disk, 64 Mpixels (> the 40 M default limit)."""
+    buf = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def test_url_variants_amazon() -> None:
+    url = "https://images-na.ssl-images-amazon.com/images/M/MV5BNDQz@._V1_UX182_CR0,0,182,268_AL_.jpg"
+    base = "https://images-na.ssl-images-amazon.com/images/M/MV5BNDQz@._V1_"
+    assert url_variants(url) == [url, base + ".jpg", base + "SX300.jpg"]
+
+
+def test_url_variants_full_size_and_plain() -> None:
+    full = "https://m.media-amazon.com/images/M/MV5Bx@._V1_.jpg"
+    assert url_variants(full) == [full, "https://m.media-amazon.com/images/M/MV5Bx@._V1_SX300.jpg"]
+    plain = "https://example.org/posters/tt0084058.jpg"
+    assert url_variants(plain) == [plain]
+
+
+def test_select_limit_and_random() -> None:
+    catalog = make_catalog({f"tt{i:07d}": None for i in range(20)})
+    assert list(select(catalog, limit=5)["id"]) == list(catalog["id"][:5])
+    sampled = select(catalog, sample="random:7", seed=1)
+    assert len(sampled) == 7 and sampled["id"].is_unique
+    assert list(sampled.index) == sorted(sampled.index)  # catalogue order
+    assert sampled.equals(select(catalog, sample="random:7", seed=1))  # reproducible
+    assert len(select(catalog, sample="random:100")) == 20
+    assert len(select(catalog, sample="random:7", limit=3)) == 3
+    assert select(catalog).equals(catalog)
+
+
+def test_select_per_genre_exact_when_possible() -> None:
+    genres = [["A"]] * 10 + [["B"]] * 3 + [["C", "A"]] * 2
+    catalog = make_catalog({f"tt{i:07d}": None for i in range(len(genres))}).assign(genres=genres)
+    picked = select(catalog, sample="per-genre:4")
+    counts = pd.Series([g for gs in picked["genres"] for g in gs]).value_counts()
+    assert counts.to_dict() == {"A": 4, "B": 3, "C": 2}
+
+
+def test_select_per_genre_on_sample_catalogue() -> None:
+    csv = pd.read_csv(SAMPLE_IMAGES.parent / "MovieGenre.csv")
+    catalog = pd.DataFrame(
+        {"id": csv["imdbId"].map(lambda i: f"tt{i:07d}"), "genres": csv["Genre"].str.split("|")}
+    )
+    available = pd.Series([g for gs in catalog["genres"] for g in gs]).value_counts()
+    picked = select(catalog, sample="per-genre:5")
+    counts = pd.Series([g for gs in picked["genres"] for g in gs]).value_counts()
+    for genre, n in available.items():
+        assert counts[genre] >= min(5, n), genre
+    assert len(picked) <= 5 * len(available)
+
+
+@pytest.mark.parametrize(
+    "spec", ["per-genre", "per-genre:0", "per-genre:x", "random:-3", "first:10", "", "random:1.5"]
+)
+def test_select_bad_spec(spec: str) -> None:
+    catalog = make_catalog({"tt0000001": None})
+    with pytest.raises(ValueError, match="per-genre:K"):
+        select(catalog, sample=spec)
+
+
+def test_select_bad_limit() -> None:
+    with pytest.raises(ValueError, match="limit"):
+        select(make_catalog({"tt0000001": None}), limit=-1)
+
+
+# --------------------------------------------------------------------------- faults
+
+CONFIG = FetchConfig(
+    concurrency=8, retries=2, timeout=0.5, max_bytes=200_000, backoff=0.05, max_retry_after=2.0
+)
+
+
+@pytest.fixture(scope="module")
+def fault_run(posters: list[bytes], tmp_path_factory: pytest.TempPathFactory):
+    """One fetch over every fault case; yields (server, out_dir, manifest, summary)."""
+    jpeg = posters[0]
+    ok = Reply(body=jpeg)
+    routes = {
+        "/ok.jpg": [ok],
+        "/404.jpg": [Reply(404, b"gone", "text/html")],
+        "/403.jpg": [Reply(403, b"no", "text/html")],
+        "/500-then-200.jpg": [Reply(500, b"oops", "text/plain"), ok],
+        "/500-always.jpg": [Reply(503, b"oops", "text/plain")],
+        "/429-then-200.jpg": [Reply(429, b"slow down", "text/plain", {"Retry-After": "1"}), ok],
+        "/slow.jpg": [Reply(body=jpeg, delay=1.5)],
+        "/short-body.jpg": [Reply(body=jpeg[:2000], declared_length=len(jpeg))],
+        "/cut.jpg": [Reply(body=jpeg[: len(jpeg) // 2])],
+        "/html-as-jpeg.jpg": [Reply(body=b"<html><body>captcha</body></html>")],
+        "/text-html.jpg": [Reply(body=b"<html></html>", content_type="text/html")],
+        "/big-declared.jpg": [Reply(body=os.urandom(300_000))],
+        "/big-streamed.jpg": [Reply(body=os.urandom(300_000), send_length=False)],
+        "/bomb.png": [Reply(body=bomb_png(), content_type="image/png")],
+        "/loop": [Reply(302, headers={"Location": "/loop"})],
+        "/redirect": [Reply(301, headers={"Location": "/ok.jpg"})],
+        "/to-ftp": [Reply(302, headers={"Location": "ftp://127.0.0.1/x.jpg"})],
+        V1: [Reply(404, b"", "text/html")],
+        V1_FULL: [ok],
+        V1_HTML: [Reply(body=b"<html>", content_type="text/html")],
+        # V1_HTML's _V1_.jpg variant is unknown (404), its _V1_SX300.jpg variant works:
+        "/images/M/MV5Bhtml@._V1_SX300.jpg": [ok],
+    }
+    with FaultServer(routes) as server:
+        # One movie per case in EXPECTED (the fallback-only paths are not movies).
+        urls = {f"tt{i:07d}": server.url(path) for i, path in enumerate(EXPECTED, start=1)}
+        urls |= {
+            "tt9000001": None,
+            "tt9000002": "ftp://127.0.0.1/poster.jpg",
+            "tt9000003": "not a url",
+            "tt9000004": f"http://127.0.0.1:{closed_port()}/refused.jpg",
+            "tt9000005": float("nan"),
+        }
+        out_dir = tmp_path_factory.mktemp("faults")
+        summary = fetch_posters(make_catalog(urls), out_dir, CONFIG, progress=False)
+        manifest = read_manifest(out_dir).set_index("imdbId")
+        by_path = {path: manifest.loc[i] for i, path in zip(urls, EXPECTED)}
+        yield server, out_dir, manifest, summary, by_path, urls
+
+
+EXPECTED = {  # path -> (status, attempts)
+    "/ok.jpg": ("ok", 1),
+    "/404.jpg": ("http_404", 1),
+    "/403.jpg": ("http_403", 1),
+    "/500-then-200.jpg": ("ok", 2),
+    "/500-always.jpg": ("http_503", 3),
+    "/429-then-200.jpg": ("ok", 2),
+    "/slow.jpg": ("timeout", 3),
+    "/short-body.jpg": ("truncated", 3),
+    "/cut.jpg": ("truncated", 1),
+    "/html-as-jpeg.jpg": ("not_image", 1),
+    "/text-html.jpg": ("not_image", 1),
+    "/big-declared.jpg": ("too_large", 1),
+    "/big-streamed.jpg": ("too_large", 1),
+    "/bomb.png": ("bomb", 1),
+    "/loop": ("too_many_redirects", 1),
+    "/redirect": ("ok", 1),
+    "/to-ftp": ("invalid_url", 1),
+    V1: ("ok", 2),
+    V1_HTML: ("ok", 3),
+}
+
+
+@pytest.mark.parametrize("path", list(EXPECTED))
+def test_fault_status(fault_run, path: str) -> None:
+    server, out_dir, manifest, _, by_path, _ = fault_run
+    row = by_path[path]
+    status, attempts = EXPECTED[path]
+    assert (row["status"], row["attempts"]) == (status, attempts)
+    poster = out_dir / f"{row.name}.jpg"
+    if status == "ok":
+        assert loads(poster) and row["bytes"] == poster.stat().st_size
+    else:
+        assert not poster.exists()
+
+
+def test_fault_server_hits(fault_run) -> None:
+    server, *_ = fault_run
+    assert server.hits["/404.jpg"] == 1  # 4xx: no retry
+    assert server.hits["/500-always.jpg"] == 3  # 1 + retries
+    assert server.hits["/429-then-200.jpg"] == 2
+    assert server.hits[V1] == 1 and server.hits[V1_FULL] == 1  # variant fallback
+    assert server.hits["/loop"] == 1 + fetch_module.MAX_REDIRECTS
+
+
+def test_fault_final_urls(fault_run) -> None:
+    server, _, _, _, by_path, _ = fault_run
+    assert by_path["/redirect"]["final_url"] == server.url("/ok.jpg")
+    assert by_path[V1]["final_url"] == server.url(V1_FULL)
+    assert by_path[V1_HTML]["final_url"].endswith("._V1_SX300.jpg")
+
+
+def test_url_problems_and_manifest(fault_run) -> None:
+    _, out_dir, manifest, summary, _, urls = fault_run
+    assert manifest.loc["tt9000001", "status"] == "no_url"
+    assert manifest.loc["tt9000002", "status"] == "invalid_url"
+    assert manifest.loc["tt9000003", "status"] == "invalid_url"
+    assert manifest.loc["tt9000004", "status"] == "connection_error"
+    assert manifest.loc["tt9000004", "attempts"] == 3
+    assert manifest.loc["tt9000005", "status"] == "no_url"
+    assert tuple(read_manifest(out_dir).columns) == MANIFEST_COLUMNS
+    assert list(manifest.index) == list(urls)  # one row per movie, catalogue order
+    assert sum(summary.counts.values()) == len(urls)
+    assert summary.counts["ok"] == sum(s == "ok" for s, _ in EXPECTED.values())
+    assert summary.manifest == out_dir / "manifest.csv"
+
+
+def test_no_partial_files_left(fault_run) -> None:
+    _, out_dir, manifest, *_ = fault_run
+    assert not list(out_dir.glob("*.part")) and not list(out_dir.glob(".*"))
+    on_disk = {p.stem for p in out_dir.glob("*.jpg")}
+    assert on_disk == set(manifest.index[manifest["status"] == "ok"])
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_rerun_uses_cache_and_replaces_bad_files(posters: list[bytes], tmp_path: Path) -> None:
+    routes = {f"/p{i}.jpg": [Reply(body=posters[i])] for i in range(5)}
+    with FaultServer(routes) as server:
+        catalog = make_catalog({f"tt{i:07d}": server.url(f"/p{i}.jpg") for i in range(5)})
+        assert fetch_posters(catalog, tmp_path, CONFIG, progress=False).counts == {"ok": 5}
+        (tmp_path / "tt0000003.jpg").write_bytes(posters[3][:500])  # corrupted since
+        (tmp_path / ".tt0000004.jpg.part").write_bytes(b"stale")  # left by a killed run
+        summary = fetch_posters(catalog, tmp_path, CONFIG, progress=False)
+    assert summary.counts == {"cached": 4, "ok": 1}
+    assert summary.n_ok == 5 and summary.n_failed == 0
+    assert server.hits["/p3.jpg"] == 2 and server.hits["/p0.jpg"] == 1
+    assert not list(tmp_path.glob(".*"))
+    assert all(validate_image(tmp_path / f"tt{i:07d}.jpg", 40_000_000) == "ok" for i in range(5))
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import pandas as pd
+    from posterlens.fetch import FetchConfig, fetch_posters
+
+    base, out_dir, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    ids = [f"tt{i:07d}" for i in range(n)]
+    catalog = pd.DataFrame({"id": ids, "url": [f"{base}/p/{i}.jpg" for i in range(n)]})
+    fetch_posters(catalog, out_dir, FetchConfig(concurrency=4, manifest_every=10), progress=False)
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_sigkill_mid_run_then_resume(posters: list[bytes], tmp_path: Path) -> None:
+    n = 120
+    # Each reply sends half its body, pauses, then the rest: .part files exist mid-run.
+    routes = {f"/p/{i}.jpg": [Reply(body=posters[i], delay=0.05, split_delay=0.05)] for i in range(n)}
+    ids = [f"tt{i:07d}" for i in range(n)]
+    src_dir = Path(fetch_module.__file__).resolve().parents[1]
+    pythonpath = [str(src_dir), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
+    with FaultServer(routes) as server:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, server.base_url, str(tmp_path), str(n)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 20
+        while len(list(tmp_path.glob("*.jpg"))) < 25:
+            assert child.poll() is None, child.stderr.read().decode()
+            assert time.monotonic() < deadline, "child made no progress"
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        child.stderr.close()
+        assert child.returncode == -signal.SIGKILL
+
+        # Whatever the kill left under a final name is a complete poster.
+        done = sorted(tmp_path.glob("*.jpg"))
+        assert 25 <= len(done) < n
+        assert all(loads(p) for p in done)
+        early = read_manifest(tmp_path)  # the periodic manifest is usable
+        assert len(early) >= 10 and set(early["status"]) == {"ok"}
+
+        summary = fetch_posters(
+            make_catalog(dict(zip(ids, [server.url(f"/p/{i}.jpg") for i in range(n)]))),
+            tmp_path,
+            FetchConfig(concurrency=8, timeout=5.0),
+            progress=False,
+        )
+
+    assert summary.counts["cached"] >= len(done)
+    assert summary.n_ok == n
+    manifest = read_manifest(tmp_path)
+    assert list(manifest["imdbId"]) == ids
+    assert set(manifest["status"]) <= {"ok", "cached"}
+    assert not list(tmp_path.glob(".*"))  # no .part, no manifest temp
+    for i, movie_id in enumerate(ids):
+        path = tmp_path / f"{movie_id}.jpg"
+        assert loads(path) and path.read_bytes() == posters[i]
