@@ -7,6 +7,7 @@ Unknown paths get a 404. The server runs in a daemon thread of the test process.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import Counter
@@ -31,6 +32,7 @@ class Reply:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like a real server
+    disable_nagle_algorithm = True  # no delayed-ACK stalls between headers and body
     server: FaultServer
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
@@ -91,6 +93,11 @@ class FaultServer(ThreadingHTTPServer):
             self.hits[path] += 1
         replies = self.routes.get(path) or [Reply(404, b"not found", "text/plain")]
         return replies[min(n, len(replies) - 1)]
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Stay quiet when a client hangs up (timeouts, the SIGKILL test)."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def __enter__(self) -> FaultServer:
         self._thread.start()

@@ -33,7 +33,9 @@ def test_default_backbone_preprocessing_comes_from_registry():
     assert spec.name == "efficientnet_lite0"
     assert (spec.width, spec.height) == (224, 320)
     assert np.allclose(np.array(spec.mean) * 255, 127) and np.allclose(np.array(spec.std) * 255, 128)
-    assert spec.feature_dim == backbones.create_model(spec).num_features
+    x = torch.zeros(2, 3, spec.height, spec.width)
+    with torch.inference_mode():
+        assert backbones.create_model(spec)(x).shape == (2, spec.feature_dim)
 
 
 def test_unknown_backbone_is_a_clear_error():
@@ -75,3 +77,10 @@ def test_torchvision_imports_on_cpu_torch():
     import torchvision  # noqa: F401  (the compat module ran first)
 
     assert torch.ops.torchvision.nms is not None
+
+
+@pytest.mark.parametrize("name", list(backbones.REGISTRY))
+def test_registered_feature_dims(name):
+    spec = backbones.resolve(name)
+    with torch.inference_mode():
+        assert backbones.create_model(spec)(torch.zeros(1, 3, 64, 64)).shape == (1, spec.feature_dim)

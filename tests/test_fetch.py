@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +23,7 @@ from http_faults import FaultServer, Reply
 from posterlens.fetch import (
     MANIFEST_COLUMNS,
     FetchConfig,
+    FetchSummary,
     fetch_posters,
     select,
     url_variants,
@@ -150,9 +153,48 @@ CONFIG = FetchConfig(
 )
 
 
+EXPECTED = {  # path -> (status, attempts)
+    "/ok.jpg": ("ok", 1),
+    "/404.jpg": ("http_404", 1),
+    "/403.jpg": ("http_403", 1),
+    "/500-then-200.jpg": ("ok", 2),
+    "/500-always.jpg": ("http_503", 3),
+    "/429-then-200.jpg": ("ok", 2),
+    "/slow.jpg": ("timeout", 3),
+    "/short-body.jpg": ("truncated", 3),
+    "/cut.jpg": ("truncated", 1),
+    "/html-as-jpeg.jpg": ("not_image", 1),
+    "/text-html.jpg": ("not_image", 1),
+    "/big-declared.jpg": ("too_large", 1),
+    "/big-streamed.jpg": ("too_large", 1),
+    "/bomb.png": ("bomb", 1),
+    "/loop": ("too_many_redirects", 1),
+    "/redirect": ("ok", 1),
+    "/to-ftp": ("invalid_url", 1),
+    V1: ("ok", 2),
+    V1_HTML: ("ok", 3),
+}
+
+
+@dataclass
+class FaultRun:
+    """The result of one fetch over every fault case."""
+
+    server: FaultServer
+    out_dir: Path
+    urls: dict[str, str | float | None]  # the catalogue: id -> url
+    manifest: pd.DataFrame  # indexed by imdbId
+    summary: FetchSummary
+
+    def row(self, path: str) -> pd.Series:
+        """The manifest row of the movie whose URL is ``path`` on the server."""
+        movie_id = next(i for i, url in self.urls.items() if url == self.server.url(path))
+        return self.manifest.loc[movie_id]
+
+
 @pytest.fixture(scope="module")
-def fault_run(posters: list[bytes], tmp_path_factory: pytest.TempPathFactory):
-    """One fetch over every fault case; yields (server, out_dir, manifest, summary)."""
+def fault_run(posters: list[bytes], tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultRun]:
+    """Fetch one movie per case in EXPECTED plus URL problems, all in one run."""
     jpeg = posters[0]
     ok = Reply(body=jpeg)
     routes = {
@@ -188,52 +230,28 @@ def fault_run(posters: list[bytes], tmp_path_factory: pytest.TempPathFactory):
             "tt9000003": "not a url",
             "tt9000004": f"http://127.0.0.1:{closed_port()}/refused.jpg",
             "tt9000005": float("nan"),
+            "../evil": server.url("/ok.jpg"),
         }
         out_dir = tmp_path_factory.mktemp("faults")
         summary = fetch_posters(make_catalog(urls), out_dir, CONFIG, progress=False)
         manifest = read_manifest(out_dir).set_index("imdbId")
-        by_path = {path: manifest.loc[i] for i, path in zip(urls, EXPECTED)}
-        yield server, out_dir, manifest, summary, by_path, urls
-
-
-EXPECTED = {  # path -> (status, attempts)
-    "/ok.jpg": ("ok", 1),
-    "/404.jpg": ("http_404", 1),
-    "/403.jpg": ("http_403", 1),
-    "/500-then-200.jpg": ("ok", 2),
-    "/500-always.jpg": ("http_503", 3),
-    "/429-then-200.jpg": ("ok", 2),
-    "/slow.jpg": ("timeout", 3),
-    "/short-body.jpg": ("truncated", 3),
-    "/cut.jpg": ("truncated", 1),
-    "/html-as-jpeg.jpg": ("not_image", 1),
-    "/text-html.jpg": ("not_image", 1),
-    "/big-declared.jpg": ("too_large", 1),
-    "/big-streamed.jpg": ("too_large", 1),
-    "/bomb.png": ("bomb", 1),
-    "/loop": ("too_many_redirects", 1),
-    "/redirect": ("ok", 1),
-    "/to-ftp": ("invalid_url", 1),
-    V1: ("ok", 2),
-    V1_HTML: ("ok", 3),
-}
+        yield FaultRun(server, out_dir, urls, manifest, summary)
 
 
 @pytest.mark.parametrize("path", list(EXPECTED))
-def test_fault_status(fault_run, path: str) -> None:
-    server, out_dir, manifest, _, by_path, _ = fault_run
-    row = by_path[path]
+def test_fault_status(fault_run: FaultRun, path: str) -> None:
+    row = fault_run.row(path)
     status, attempts = EXPECTED[path]
     assert (row["status"], row["attempts"]) == (status, attempts)
-    poster = out_dir / f"{row.name}.jpg"
+    poster = fault_run.out_dir / f"{row.name}.jpg"
     if status == "ok":
         assert loads(poster) and row["bytes"] == poster.stat().st_size
     else:
         assert not poster.exists()
 
 
-def test_fault_server_hits(fault_run) -> None:
-    server, *_ = fault_run
+def test_fault_server_hits(fault_run: FaultRun) -> None:
+    server = fault_run.server
     assert server.hits["/404.jpg"] == 1  # 4xx: no retry
     assert server.hits["/500-always.jpg"] == 3  # 1 + retries
     assert server.hits["/429-then-200.jpg"] == 2
@@ -241,21 +259,23 @@ def test_fault_server_hits(fault_run) -> None:
     assert server.hits["/loop"] == 1 + fetch_module.MAX_REDIRECTS
 
 
-def test_fault_final_urls(fault_run) -> None:
-    server, _, _, _, by_path, _ = fault_run
-    assert by_path["/redirect"]["final_url"] == server.url("/ok.jpg")
-    assert by_path[V1]["final_url"] == server.url(V1_FULL)
-    assert by_path[V1_HTML]["final_url"].endswith("._V1_SX300.jpg")
+def test_fault_final_urls(fault_run: FaultRun) -> None:
+    server = fault_run.server
+    assert fault_run.row("/redirect")["final_url"] == server.url("/ok.jpg")
+    assert fault_run.row(V1)["final_url"] == server.url(V1_FULL)
+    assert fault_run.row(V1_HTML)["final_url"] == server.url("/images/M/MV5Bhtml@._V1_SX300.jpg")
 
 
-def test_url_problems_and_manifest(fault_run) -> None:
-    _, out_dir, manifest, summary, _, urls = fault_run
+def test_url_problems_and_manifest(fault_run: FaultRun) -> None:
+    out_dir, urls, manifest, summary = fault_run.out_dir, fault_run.urls, fault_run.manifest, fault_run.summary
     assert manifest.loc["tt9000001", "status"] == "no_url"
     assert manifest.loc["tt9000002", "status"] == "invalid_url"
     assert manifest.loc["tt9000003", "status"] == "invalid_url"
     assert manifest.loc["tt9000004", "status"] == "connection_error"
     assert manifest.loc["tt9000004", "attempts"] == 3
     assert manifest.loc["tt9000005", "status"] == "no_url"
+    assert manifest.loc["../evil", "status"] == "invalid_id"
+    assert not (out_dir.parent / "evil.jpg").exists()
     assert tuple(read_manifest(out_dir).columns) == MANIFEST_COLUMNS
     assert list(manifest.index) == list(urls)  # one row per movie, catalogue order
     assert sum(summary.counts.values()) == len(urls)
@@ -263,8 +283,8 @@ def test_url_problems_and_manifest(fault_run) -> None:
     assert summary.manifest == out_dir / "manifest.csv"
 
 
-def test_no_partial_files_left(fault_run) -> None:
-    _, out_dir, manifest, *_ = fault_run
+def test_no_partial_files_left(fault_run: FaultRun) -> None:
+    out_dir, manifest = fault_run.out_dir, fault_run.manifest
     assert not list(out_dir.glob("*.part")) and not list(out_dir.glob(".*"))
     on_disk = {p.stem for p in out_dir.glob("*.jpg")}
     assert on_disk == set(manifest.index[manifest["status"] == "ok"])
@@ -307,7 +327,7 @@ CHILD = textwrap.dedent(
 def test_sigkill_mid_run_then_resume(posters: list[bytes], tmp_path: Path) -> None:
     n = 120
     # Each reply sends half its body, pauses, then the rest: .part files exist mid-run.
-    routes = {f"/p/{i}.jpg": [Reply(body=posters[i], delay=0.05, split_delay=0.05)] for i in range(n)}
+    routes = {f"/p/{i}.jpg": [Reply(body=posters[i], delay=0.02, split_delay=0.08)] for i in range(n)}
     ids = [f"tt{i:07d}" for i in range(n)]
     src_dir = Path(fetch_module.__file__).resolve().parents[1]
     pythonpath = [str(src_dir), *filter(None, [os.environ.get("PYTHONPATH")])]

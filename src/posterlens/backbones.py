@@ -11,6 +11,9 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from posterlens import _compat  # noqa: F401  (before timm: CPU torchvision fix, HF offline)
 
 _LITE_MEAN = (127.0 / 255.0,) * 3  # the lite weights expect (x - 127) / 128 on 0..255 pixels
@@ -35,17 +38,50 @@ class Backbone:
     height: int
     mean: tuple[float, float, float]  # on 0..1 pixels
     std: tuple[float, float, float]
-    feature_dim: int
+    feature_dim: int  # length of the embedding ``create_model`` returns
+    pooling: str = "multilevel"  # or "avg": the timm model's own pooled features
 
     @property
     def key(self) -> str:
         """Identifies the embeddings this backbone produces (cache and model files use it)."""
-        return f"{self.name}-{self.width}x{self.height}"
+        return f"{self.name}-{self.width}x{self.height}-{self.pooling}"
+
+
+class MultiLevelPool(nn.Module):
+    """A timm EfficientNet-family model whose embedding also describes mid-level features.
+
+    Output: the usual pooled final features, then the mean and the standard deviation of
+    each block's activations from block ``FIRST_BLOCK`` on. Colour, texture and layout
+    statistics carry genre: on the development set, 5-fold CV of a logistic head gave
+    macro-mAP 0.324 with them against 0.303 with the final features alone.
+    """
+
+    FIRST_BLOCK = 2
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.bn1(m.conv_stem(x))
+        levels = []
+        for i, block in enumerate(m.blocks):
+            x = block(x)
+            if i >= self.FIRST_BLOCK:
+                levels += [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]
+        final = m.forward_head(m.bn2(m.conv_head(x)), pre_logits=True)
+        return torch.cat([final, *levels], dim=1)
 
 
 def portrait_height(width: int) -> int:
     """Poster height for a given input width (2:3-ish, multiple of 4)."""
     return int(round(width * PORTRAIT / 4) * 4)
+
+
+def _multilevel_dim(block_channels: tuple[int, ...], final: int = 1280) -> int:
+    """Embedding length: final features + mean and std of blocks 2 onwards."""
+    return final + 2 * sum(block_channels[MultiLevelPool.FIRST_BLOCK:])
 
 
 def _lite(n: int, width: int, weights_file: str) -> Backbone:
@@ -57,7 +93,7 @@ def _lite(n: int, width: int, weights_file: str) -> Backbone:
         height=portrait_height(width),
         mean=_LITE_MEAN,
         std=_LITE_STD,
-        feature_dim=1280,
+        feature_dim=_multilevel_dim((16, 24, 48, 88, 120, 208, 352) if n == 2 else (16, 24, 40, 80, 112, 192, 320)),
     )
 
 
@@ -75,7 +111,7 @@ REGISTRY: dict[str, Backbone] = {
             height=portrait_height(224),
             mean=_IMAGENET_MEAN,
             std=_IMAGENET_STD,
-            feature_dim=1280,
+            feature_dim=_multilevel_dim((16, 24, 32, 64, 96, 160, 320)),
         ),
     )
 }
@@ -104,6 +140,7 @@ def resolve(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> 
         mean=tuple(cfg.mean) if cfg else _IMAGENET_MEAN,
         std=tuple(cfg.std) if cfg else _IMAGENET_STD,
         feature_dim=int(probe.num_features),
+        pooling="avg",
     )
 
 
@@ -127,8 +164,6 @@ def weights_path(backbone: Backbone) -> Path:
 
 def _load_state_dict(path: Path) -> dict:
     """Read a weights file without executing code (safetensors, or torch weights_only)."""
-    import torch
-
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -154,8 +189,8 @@ def _match_in_order(source: dict, target: dict, name: str) -> dict:
     return mapped
 
 
-def create_model(backbone: Backbone, classifier: bool = False):
-    """Build the timm model with pretrained weights; without ``classifier`` it returns pooled features."""
+def create_model(backbone: Backbone, classifier: bool = False) -> nn.Module:
+    """The pretrained network: ImageNet logits with ``classifier``, else the embedding."""
     import timm
 
     if backbone.weights == "timm-hub":
@@ -172,6 +207,7 @@ def create_model(backbone: Backbone, classifier: bool = False):
         model = timm.create_model(backbone.arch, pretrained=False)
         state = _load_state_dict(weights_path(backbone))
         model.load_state_dict(_match_in_order(state, model.state_dict(), backbone.name))
-    if not classifier:
-        model.reset_classifier(0)
-    return model.eval()
+    if classifier:
+        return model.eval()
+    model.reset_classifier(0)
+    return (MultiLevelPool(model) if backbone.pooling == "multilevel" else model).eval()
