@@ -44,6 +44,7 @@ class Embeddings:
 
     paths: list[str]
     features: np.ndarray
+    keys: list[str | None] = field(default_factory=list)  # content hash of each file
     errors: dict[str, str] = field(default_factory=dict)  # path -> reason
     computed: int = 0
     cached: int = 0
@@ -249,5 +250,5 @@ def embed_files(
         cache.compact()
     for path, reason in errors.items():
         log.warning("skipped %s: %s", path, reason)
-    return Embeddings(paths, features, errors, computed=len(first) - sum(paths[i] in errors for i in first),
+    return Embeddings(paths, features, keys, errors, computed=len(first) - sum(paths[i] in errors for i in first),
                       cached=cached, seconds=time.perf_counter() - start)
