@@ -41,3 +41,13 @@ def small_catalog(tmp_path: Path, sample_rows: pd.DataFrame) -> Path:
 def shared_cache(tmp_path_factory) -> Path:
     """One feature cache (and ONNX export) for the whole test session."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, shared_cache) -> Path:
+    """A model trained once on the bundled sample (holdout 20%)."""
+    from posterlens.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("model") / "model"
+    train(SAMPLE / "MovieGenre.csv", None, out, TrainConfig(min_genre_count=10, epochs=10), shared_cache, progress=False)
+    return out

@@ -70,6 +70,7 @@ class FaultServer(ThreadingHTTPServer):
     """Serve ``routes`` on 127.0.0.1 (random port) from a background thread."""
 
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: the default 5 drops bursts of connections
 
     def __init__(self, routes: dict[str, list[Reply]] | None = None, delay: float = 0.0) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)

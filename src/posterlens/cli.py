@@ -65,6 +65,83 @@ def embed(
 
 
 @app.command()
+def train(
+    catalog: Path = CatalogOpt,
+    images: Optional[Path] = ImagesOpt,
+    out: Path = typer.Option(..., "--out", help="model directory to write"),
+    backbone: str = BackboneOpt,
+    weights: Optional[Path] = WeightsOpt,
+    epochs: int = typer.Option(20, help="fit_one_cycle epochs of the fastai heads"),
+    folds: int = typer.Option(0, help="K-fold cross-validation (mean ± std), then a final fit on all posters"),
+    holdout: float = typer.Option(0.2, help="share held out for evaluation when --folds is 0"),
+    seed: int = typer.Option(42, help="random seed for splits and training"),
+    score_mode: str = typer.Option("regression", help="regression, or classes (each distinct score a class)"),
+    min_genre_count: int = typer.Option(20, help="leave out genres with fewer training posters"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Train the genre and score models on poster embeddings and write a model directory."""
+    from posterlens.train import TrainConfig, TrainError, train as run
+
+    try:
+        config = TrainConfig(backbone=backbone, weights=str(weights) if weights else None, epochs=epochs, folds=folds,
+                             holdout=holdout, seed=seed, score_mode=score_mode, min_genre_count=min_genre_count)
+        result = run(catalog, images, out, config, cache)
+    except (CatalogError, BackboneError, TrainError) as err:
+        _fail(err)
+    model = result.model
+    console.print(f"model: [bold]{out}[/bold] ({len(model.genres)} genres, score: {model.score_mode}, "
+                  f"trained on {model.info['n_train']} posters, {len(model.info['holdout_ids'])} held out)")
+    console.print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
+    if result.cv:
+        _print_cv(result.cv, folds)
+
+
+def _print_cv(cv: dict, folds: int) -> None:
+    table = Table(title=f"{folds}-fold cross-validation (mean ± std)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for group, values in cv.items():
+        for name, stat in values.items():
+            table.add_row(f"{group}.{name}", f"{stat['mean']:.4f} ± {stat['std']:.4f}")
+    Console().print(table)
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Option(..., "--model", help="model directory from `posterlens train`"),
+    catalog: Path = CatalogOpt,
+    images: Optional[Path] = ImagesOpt,
+    out: Path = typer.Option(..., "--out", help="report directory to write"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Evaluate a model on the catalogue's posters it never saw: metrics.json, figures, report.html."""
+    from posterlens.evaluate import EvaluationError, evaluate as run
+    from posterlens.model import ModelError
+
+    try:
+        result = run(model, catalog, images, out, cache)
+    except (CatalogError, ModelError, EvaluationError) as err:
+        _fail(err)
+    _print_metrics(result.metrics)
+    console.print(f"report: [bold]{result.report}[/bold]")
+
+
+def _print_metrics(metrics: dict) -> None:
+    genre = metrics["genre"]
+    base = genre["baselines"]
+    table = Table(title=f"{metrics['n_posters']} unseen posters, {metrics['n_genres']} genres")
+    for column in ("metric", "model", "top-2 constant", "priors"):
+        table.add_column(column, justify="right")
+    for name in ("macro_map", "macro_f1", "micro_f1", "macro_roc_auc", "binary_accuracy", "hamming_loss", "ece"):
+        table.add_row(name, f"{genre[name]:.4f}", f"{base['top2_constant'][name]:.4f}", f"{base['priors'][name]:.4f}")
+    if metrics.get("score"):
+        score = metrics["score"]
+        table.add_row("score MAE", f"{score['mae']:.4f}", "", f"{score['baseline_mae']:.4f} (mean)")
+        table.add_row("score Spearman", f"{score['spearman']:.4f}", "", "")
+    Console().print(table)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="where the demo writes its outputs"),
     cache: Optional[Path] = CacheOpt,

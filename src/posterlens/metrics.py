@@ -60,9 +60,9 @@ def genre_metrics(Y: np.ndarray, P: np.ndarray, L: np.ndarray) -> dict[str, floa
     }
 
 
-def genre_baselines(Y_train: np.ndarray, Y: np.ndarray) -> dict[str, dict[str, float]]:
-    """(a) the two most frequent training genres for every poster; (b) genre priors as probabilities."""
-    prior = Y_train.mean(axis=0)
+def genre_baselines(prior: np.ndarray, Y: np.ndarray) -> dict[str, dict[str, float]]:
+    """Given the training set's genre frequencies ``prior``: (a) its two most frequent genres
+    for every poster; (b) the priors as probabilities (labels at 0.5, i.e. usually none)."""
     top2 = np.zeros_like(prior)
     top2[np.argsort(-prior)[:2]] = 1.0
     constant = np.tile(top2, (len(Y), 1))

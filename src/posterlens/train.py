@@ -41,6 +41,14 @@ class TrainConfig:
     min_genre_count: int = 20
     threshold_folds: int = 5
 
+    def __post_init__(self) -> None:
+        if self.score_mode not in SCORE_MODES:
+            raise TrainError(f"unknown score mode {self.score_mode!r}: use one of {', '.join(SCORE_MODES)}")
+        if self.folds == 1 or self.folds < 0:
+            raise TrainError(f"--folds must be 0 (holdout) or 2 or more (got {self.folds})")
+        if not 0 <= self.holdout < 1:
+            raise TrainError(f"--holdout must be in [0, 1) (got {self.holdout})")
+
 
 @dataclass
 class Dataset:
@@ -109,9 +117,7 @@ def genre_head(config: TrainConfig) -> GenreHead:
 def score_head(config: TrainConfig) -> ScoreRegressor | ScoreClassifier:
     if config.score_mode == "regression":
         return ScoreRegressor()
-    if config.score_mode == "classes":
-        return ScoreClassifier(epochs=config.epochs, wd=30.0, seed=config.seed)
-    raise TrainError(f"unknown score mode {config.score_mode!r}: use one of {', '.join(SCORE_MODES)}")
+    return ScoreClassifier(epochs=config.epochs, wd=30.0, seed=config.seed)
 
 
 def out_of_fold_logits(X: np.ndarray, Y: np.ndarray, config: TrainConfig) -> np.ndarray:
