@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -44,7 +44,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _send(self, reply: Reply) -> None:
-        time.sleep(reply.delay + self.server.delay)
+        time.sleep(reply.delay)
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         for name, value in reply.headers.items():
@@ -72,13 +72,15 @@ class FaultServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # listen backlog: the default 5 drops bursts of connections
 
-    def __init__(self, routes: dict[str, list[Reply]] | None = None, delay: float = 0.0) -> None:
+    def __init__(self, routes: dict[str, list[Reply]]) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.routes: dict[str, list[Reply]] = dict(routes or {})
-        self.delay = delay  # added to every reply
-        self.hits: Counter[str] = Counter()
+        self.routes = routes
+        self.hits: Counter[str] = Counter()  # path -> requests so far
+        self.hit_times: defaultdict[str, list[float]] = defaultdict(list)  # time.monotonic()s
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -92,6 +94,7 @@ class FaultServer(ThreadingHTTPServer):
         with self._lock:
             n = self.hits[path]
             self.hits[path] += 1
+            self.hit_times[path].append(time.monotonic())
         replies = self.routes.get(path) or [Reply(404, b"not found", "text/plain")]
         return replies[min(n, len(replies) - 1)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -87,8 +88,8 @@ def bomb_png() -> bytes:
 
 
 def test_url_variants_amazon() -> None:
-    url = "https://images-na.ssl-images-amazon.com/images/M/MV5BNDQz@._V1_UX182_CR0,0,182,268_AL_.jpg"
     base = "https://images-na.ssl-images-amazon.com/images/M/MV5BNDQz@._V1_"
+    url = base + "UX182_CR0,0,182,268_AL_.jpg"
     assert url_variants(url) == [url, base + ".jpg", base + "SX300.jpg"]
 
 
@@ -146,10 +147,16 @@ def test_select_bad_limit() -> None:
         select(make_catalog({"tt0000001": None}), limit=-1)
 
 
+@pytest.mark.parametrize("bad", [{"concurrency": 0}, {"retries": -1}, {"timeout": 0}])
+def test_config_rejects_nonsense(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        FetchConfig(**bad)
+
+
 # --------------------------------------------------------------------------- faults
 
 CONFIG = FetchConfig(
-    concurrency=8, retries=2, timeout=0.5, max_bytes=200_000, backoff=0.05, max_retry_after=2.0
+    concurrency=8, retries=2, timeout=0.5, max_bytes=200_000, backoff=0.05, max_retry_after=1.5
 )
 
 
@@ -160,6 +167,7 @@ EXPECTED = {  # path -> (status, attempts)
     "/500-then-200.jpg": ("ok", 2),
     "/500-always.jpg": ("http_503", 3),
     "/429-then-200.jpg": ("ok", 2),
+    "/429-capped.jpg": ("ok", 2),
     "/slow.jpg": ("timeout", 3),
     "/short-body.jpg": ("truncated", 3),
     "/cut.jpg": ("truncated", 1),
@@ -193,7 +201,9 @@ class FaultRun:
 
 
 @pytest.fixture(scope="module")
-def fault_run(posters: list[bytes], tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultRun]:
+def fault_run(
+    posters: list[bytes], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FaultRun]:
     """Fetch one movie per case in EXPECTED plus URL problems, all in one run."""
     jpeg = posters[0]
     ok = Reply(body=jpeg)
@@ -204,6 +214,7 @@ def fault_run(posters: list[bytes], tmp_path_factory: pytest.TempPathFactory) ->
         "/500-then-200.jpg": [Reply(500, b"oops", "text/plain"), ok],
         "/500-always.jpg": [Reply(503, b"oops", "text/plain")],
         "/429-then-200.jpg": [Reply(429, b"slow down", "text/plain", {"Retry-After": "1"}), ok],
+        "/429-capped.jpg": [Reply(429, b"", "text/plain", {"Retry-After": "3600"}), ok],
         "/slow.jpg": [Reply(body=jpeg, delay=1.5)],
         "/short-body.jpg": [Reply(body=jpeg[:2000], declared_length=len(jpeg))],
         "/cut.jpg": [Reply(body=jpeg[: len(jpeg) // 2])],
@@ -259,6 +270,25 @@ def test_fault_server_hits(fault_run: FaultRun) -> None:
     assert server.hits["/loop"] == 1 + fetch_module.MAX_REDIRECTS
 
 
+def test_retry_after_is_honoured_and_capped(fault_run: FaultRun) -> None:
+    def gap(path: str) -> float:
+        first, second = fault_run.server.hit_times[path]
+        return second - first
+
+    # Upper bounds leave room for a busy machine.
+    assert 1.0 <= gap("/429-then-200.jpg") < 2.0  # Retry-After: 1
+    assert 1.5 <= gap("/429-capped.jpg") < 3.0  # Retry-After: 3600, capped at 1.5
+    assert gap("/500-then-200.jpg") < 0.9  # plain backoff (base 0.05 s)
+
+
+def test_retry_after_parsing() -> None:
+    parse = fetch_module._retry_after_seconds
+    assert parse("7", 60.0) == 7.0 and parse("600", 60.0) == 60.0 and parse("-3", 60.0) == 0.0
+    assert parse(None, 60.0) is None and parse("soon", 60.0) is None
+    in_30s = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
+    assert 25.0 <= parse(in_30s, 60.0) <= 30.0
+
+
 def test_fault_final_urls(fault_run: FaultRun) -> None:
     server = fault_run.server
     assert fault_run.row("/redirect")["final_url"] == server.url("/ok.jpg")
@@ -267,7 +297,7 @@ def test_fault_final_urls(fault_run: FaultRun) -> None:
 
 
 def test_url_problems_and_manifest(fault_run: FaultRun) -> None:
-    out_dir, urls, manifest, summary = fault_run.out_dir, fault_run.urls, fault_run.manifest, fault_run.summary
+    out_dir, manifest, summary = fault_run.out_dir, fault_run.manifest, fault_run.summary
     assert manifest.loc["tt9000001", "status"] == "no_url"
     assert manifest.loc["tt9000002", "status"] == "invalid_url"
     assert manifest.loc["tt9000003", "status"] == "invalid_url"
@@ -277,8 +307,8 @@ def test_url_problems_and_manifest(fault_run: FaultRun) -> None:
     assert manifest.loc["../evil", "status"] == "invalid_id"
     assert not (out_dir.parent / "evil.jpg").exists()
     assert tuple(read_manifest(out_dir).columns) == MANIFEST_COLUMNS
-    assert list(manifest.index) == list(urls)  # one row per movie, catalogue order
-    assert sum(summary.counts.values()) == len(urls)
+    assert list(manifest.index) == list(fault_run.urls)  # one row per movie, catalogue order
+    assert sum(summary.counts.values()) == len(fault_run.urls)
     assert summary.counts["ok"] == sum(s == "ok" for s, _ in EXPECTED.values())
     assert summary.manifest == out_dir / "manifest.csv"
 
@@ -297,7 +327,7 @@ def test_rerun_uses_cache_and_replaces_bad_files(posters: list[bytes], tmp_path:
     routes = {f"/p{i}.jpg": [Reply(body=posters[i])] for i in range(5)}
     with FaultServer(routes) as server:
         catalog = make_catalog({f"tt{i:07d}": server.url(f"/p{i}.jpg") for i in range(5)})
-        assert fetch_posters(catalog, tmp_path, CONFIG, progress=False).counts == {"ok": 5}
+        assert fetch_posters(catalog, tmp_path, CONFIG, progress=True).counts == {"ok": 5}
         (tmp_path / "tt0000003.jpg").write_bytes(posters[3][:500])  # corrupted since
         (tmp_path / ".tt0000004.jpg.part").write_bytes(b"stale")  # left by a killed run
         summary = fetch_posters(catalog, tmp_path, CONFIG, progress=False)
@@ -306,6 +336,22 @@ def test_rerun_uses_cache_and_replaces_bad_files(posters: list[bytes], tmp_path:
     assert server.hits["/p3.jpg"] == 2 and server.hits["/p0.jpg"] == 1
     assert not list(tmp_path.glob(".*"))
     assert all(validate_image(tmp_path / f"tt{i:07d}.jpg", 40_000_000) == "ok" for i in range(5))
+
+
+def test_works_inside_a_running_event_loop(posters: list[bytes], tmp_path: Path) -> None:
+    """From a notebook (an event loop already running) the fetch runs in a helper thread."""
+    with FaultServer({"/a.jpg": [Reply(body=posters[0])]}) as server:
+        catalog = make_catalog({"tt0000001": server.url("/a.jpg")})
+
+        async def main() -> FetchSummary:
+            return fetch_posters(catalog, tmp_path, CONFIG, progress=False)
+
+        assert asyncio.run(main()).counts == {"ok": 1}
+
+
+def test_empty_catalogue_writes_an_empty_manifest(tmp_path: Path) -> None:
+    summary = fetch_posters(make_catalog({}), tmp_path / "new", CONFIG, progress=False)
+    assert summary.counts == {} and read_manifest(tmp_path / "new").empty
 
 
 CHILD = textwrap.dedent(
@@ -326,8 +372,10 @@ CHILD = textwrap.dedent(
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 def test_sigkill_mid_run_then_resume(posters: list[bytes], tmp_path: Path) -> None:
     n = 120
-    # Each reply sends half its body, pauses, then the rest: .part files exist mid-run.
-    routes = {f"/p/{i}.jpg": [Reply(body=posters[i], delay=0.02, split_delay=0.08)] for i in range(n)}
+    # Each reply pauses mid-body, so the kill lands while downloads are in flight.
+    routes = {
+        f"/p/{i}.jpg": [Reply(body=posters[i], delay=0.02, split_delay=0.08)] for i in range(n)
+    }
     ids = [f"tt{i:07d}" for i in range(n)]
     src_dir = Path(fetch_module.__file__).resolve().parents[1]
     pythonpath = [str(src_dir), *filter(None, [os.environ.get("PYTHONPATH")])]

@@ -141,6 +141,83 @@ def _print_metrics(metrics: dict) -> None:
     Console().print(table)
 
 
+ModelOpt = typer.Option(..., "--model", help="model directory from `posterlens train`")
+SUMMARY_ROWS = 20  # predict prints a table for up to this many posters
+
+
+@app.command()
+def predict(
+    files: Optional[list[Path]] = typer.Argument(None, help="poster files (or use --images / --catalog)"),
+    model: Path = ModelOpt,
+    images: Optional[Path] = typer.Option(None, "--images", help="folder of posters (all files), or with --catalog"),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="predict the catalogue's posters"),
+    out: Path = typer.Option(..., "--out", help="folder for the prediction CSV files"),
+    tta: bool = typer.Option(False, "--tta", help="average each poster with its mirror image"),
+    similar: int = typer.Option(0, "--similar", help="add the K most similar training movies"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Predict genres and score for many posters: predictions_{score,genre,final}.csv and errors.csv."""
+    from posterlens import catalog as catalogs, predict as predicting
+    from posterlens.model import ModelError
+
+    try:
+        if catalog is not None:
+            poster_files = catalogs.read_catalog(catalog, images)["path"].tolist()
+        elif images is not None:
+            poster_files = predicting.image_files(images)
+        elif files:
+            poster_files = files
+        else:
+            raise typer.BadParameter("give poster FILEs, --images DIR or --catalog CSV")
+        predictor = predicting.load(model, cache)
+        result = predictor.predict(poster_files, tta=tta, similar=similar, progress=True)
+    except (CatalogError, ModelError, FileNotFoundError) as err:
+        _fail(err)
+    written = predicting.write(result, out)
+    if len(result.table) <= SUMMARY_ROWS:
+        _print_predictions(result.table)
+    console.print(f"{len(result.table)} posters predicted, {len(result.errors)} could not be read "
+                  f"-> {', '.join(str(p) for p in written.values())}")
+
+
+def _print_predictions(table) -> None:
+    view = Table(title="Predictions")
+    for column in ("poster", "score", "genres", "top probabilities"):
+        view.add_column(column)
+    for row in table.itertuples():
+        top = sorted(row.probabilities.items(), key=lambda kv: -kv[1])[:3]
+        view.add_row(Path(row.file).name, f"{row.score:.1f}", "|".join(row.genres) or "-",
+                     ", ".join(f"{g} {p:.2f}" for g, p in top))
+    Console().print(view)
+
+
+@app.command()
+def similar(
+    model: Path = ModelOpt,
+    image: Path = typer.Option(..., "--image", help="a poster file"),
+    k: int = typer.Option(10, "--k", help="how many similar movies"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write them to this CSV file"),
+) -> None:
+    """The training movies whose posters are most similar (genre space, cosine)."""
+    from posterlens import predict as predicting
+    from posterlens.images import PosterError
+    from posterlens.model import ModelError
+
+    try:
+        found = predicting.load(model).similar(image, k)
+    except (ModelError, PosterError) as err:
+        _fail(err)
+    view = Table(title=f"Movies similar to {image.name}")
+    for column in ("title", "genres", "score", "similarity"):
+        view.add_column(column)
+    for row in found.itertuples():
+        view.add_row(row.title, row.genres, f"{row.score:.1f}", f"{row.similarity:.3f}")
+    Console().print(view)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        found.to_csv(out, index=False)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="where the demo writes its outputs"),

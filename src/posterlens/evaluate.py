@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from posterlens import catalog, metrics, report
+from posterlens import catalog, metrics, report, similar
 from posterlens.model import PosterModel, load
 from posterlens.train import CURVES_FILE, TRAINING_SET_FILE, Dataset, load_dataset
 
@@ -55,6 +55,17 @@ def compute(model: PosterModel, data: Dataset) -> tuple[dict, dict]:
     return result, {"Y": Y, "P": P, "L": L, "scores": scores, "predicted": predicted}
 
 
+def similar_quality(model_dir: Path, model: PosterModel, data: Dataset, P: np.ndarray, k: int = 10) -> dict | None:
+    """Genre precision@k of the similar-movies index for these posters, and for random neighbours."""
+    index = similar.SimilarIndex.load(model_dir, len(model.genres))
+    if index is None:
+        return None
+    found = index.query(P, k, exclude=data.keys)
+    queries = data.table["genres"].tolist()
+    return {f"genre_precision_at_{k}": similar.genre_precision_at_k(found, queries),
+            "baseline": similar.random_precision(index.movies["genres"].tolist(), queries), "k": k}
+
+
 def evaluate(model_dir: Path, catalog_path: Path, images: Path | None, out: Path,
              cache: Path | None = None, progress: bool = True, grid: int = 12) -> Evaluation:
     """Write ``metrics.json``, ``per_genre.csv``, ``confusions.csv``, figures and ``report.html``."""
@@ -69,6 +80,7 @@ def evaluate(model_dir: Path, catalog_path: Path, images: Path | None, out: Path
         log.info("evaluating on the %d posters the model never saw (%d were in its training set)", fresh.sum(), (~fresh).sum())
     data = Dataset(data.table[fresh].reset_index(drop=True), data.X[fresh], [k for k, f in zip(data.keys, fresh) if f])
     result, arrays = compute(model, data)
+    result["similar"] = similar_quality(model_dir, model, data, arrays["P"])
     out.mkdir(parents=True, exist_ok=True)
     tables = {
         "per_genre": metrics.per_genre_table(arrays["Y"], arrays["P"], arrays["L"], model.genres, model.thresholds),

@@ -107,6 +107,19 @@ class FeatureCache:
             chunk.unlink(missing_ok=True)
 
 
+class NoCache:
+    """Stands in for ``FeatureCache`` when embeddings should not be stored (one-off predictions)."""
+
+    def load(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        pass
+
+    def compact(self) -> None:
+        pass
+
+
 def onnx_runner(backbone: Backbone, cache_dir: Path, threads: int | None = None) -> Runner:
     """ONNX Runtime session for the backbone, exported once into the cache."""
     import onnxruntime as ort
@@ -211,14 +224,15 @@ def embed_files(
     mirror: bool = False,
     progress: bool = True,
     runner: Runner | None = None,
+    use_cache: bool = True,
 ) -> Embeddings:
-    """Embed poster files, reusing and filling the on-disk cache."""
+    """Embed poster files, reusing and filling the on-disk cache (unless ``use_cache`` is off)."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     paths = [str(p) for p in paths]
-    cache = FeatureCache(cache_dir, backbone)
+    cache = FeatureCache(cache_dir, backbone) if use_cache else NoCache()
     keys, errors = _read_and_hash(paths, ":mirror" if mirror else "")
     known = cache.load()
     features = np.full((len(paths), backbone.feature_dim), np.nan, dtype=np.float32)

@@ -2,17 +2,19 @@
 
 ``fetch_posters(catalog, out_dir)`` saves each movie's poster as ``out_dir/{id}.jpg``:
 
-* downloads run concurrently (``httpx.AsyncClient``, ``config.concurrency`` workers sharing
-  a connection pool of the same size), with browser-like headers and at most
-  ``MAX_REDIRECTS`` redirects;
+* downloads run concurrently: ``config.concurrency`` asyncio workers, each with its own
+  one-connection ``httpx.AsyncClient`` (so at most that many connections), browser-like
+  headers and at most ``MAX_REDIRECTS`` redirects;
 * timeouts, connection errors, HTTP 429 and 5xx are retried with exponential backoff and
   jitter (``Retry-After`` is honoured, capped); other 4xx are not retried;
 * Amazon/IMDb poster URLs fall back to other size variants (``url_variants``) when the
   original gives 403/404/410 or is not an image;
-* a body only counts once it has an ``image/*`` content type, fits in ``max_bytes``, passes
-  Pillow's ``verify()`` and a full ``load()``, and declares at most ``max_pixels`` pixels.
-  It is streamed to ``.{id}.jpg.part`` and renamed to ``{id}.jpg`` only after that, so a
-  killed run never leaves a partial file under a final name;
+* a body only counts once it has an ``image/*`` content type, fits in ``max_bytes``
+  (streamed, abandoned as soon as it is larger), passes Pillow's ``verify()`` and a full
+  ``load()``, and declares at most ``max_pixels`` pixels (bodies are held in memory while
+  they are checked: at most ``concurrency * max_bytes``). Only then is it written to
+  ``.{id}.jpg.part`` and renamed to ``{id}.jpg``, so a killed run never leaves a partial
+  file under a final name (stale ``.part`` files are removed by the next run);
 * a re-run keeps files that exist and validate (status ``cached``) and retries the rest;
 * ``out_dir/manifest.csv`` (``MANIFEST_COLUMNS``) gets one row per movie; it is written
   atomically every ``config.manifest_every`` results and at the end.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import csv
+import io
 import logging
 import math
 import os
@@ -38,7 +41,7 @@ import ssl
 import time
 from collections import Counter, defaultdict
 from collections.abc import Coroutine, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -132,13 +135,14 @@ class FetchSummary:
 
 @dataclass(frozen=True)
 class _Attempt:
-    """Outcome of one HTTP request; ``status == "downloaded"`` means the body is in the .part file."""
+    """Outcome of one HTTP request; ``status == "downloaded"`` comes with the ``body``."""
 
     status: str
     url: str
     nbytes: int = 0
     retry: bool = False
     retry_after: float | None = None
+    body: bytes = field(default=b"", repr=False)
 
 
 # --------------------------------------------------------------------------- selection
@@ -186,7 +190,8 @@ def _parse_sample_spec(spec: str) -> tuple[str, int]:
 
 def _per_genre_positions(genres_column: Iterable[Any], k: int, seed: int) -> list[int]:
     """Greedy pick, rarest genre first, preferring rows that push no other genre past k."""
-    genres = [set(g) if isinstance(g, (list, tuple, set, np.ndarray)) else set() for g in genres_column]
+    genres = [set(g) if isinstance(g, (list, tuple, set, np.ndarray)) else set()
+              for g in genres_column]
     by_genre: dict[str, list[int]] = defaultdict(list)
     for pos, row_genres in enumerate(genres):
         for genre in row_genres:
@@ -243,22 +248,39 @@ def _clean_url(value: Any) -> str | None:
 # --------------------------------------------------------------------------- validation
 
 
-def validate_image(path: Path, max_pixels: int) -> str:
-    """``"ok"`` if ``path`` is a complete image of at most ``max_pixels`` pixels, else a status."""
+def validate_image(source: Path | bytes, max_pixels: int) -> str:
+    """Check an image file or its bytes: ``ok``, ``bomb``, ``truncated`` or ``not_image``.
+
+    ``"ok"`` needs Pillow's ``verify()`` and a full decode to pass, and at most
+    ``max_pixels`` pixels (checked from the header, before anything is decoded).
+    """
+
+    def open_image() -> Image.Image:
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
     try:
-        with Image.open(path) as im:
+        with open_image() as im:
             width, height = im.size
             if width * height > max_pixels:
                 return "bomb"
             im.verify()
-        with Image.open(path) as im:  # verify() leaves the image unusable: reopen to decode
+        with open_image() as im:  # verify() leaves the image unusable: reopen to decode
             im.load()
     except Image.DecompressionBombError:
         return "bomb"
     except Exception as err:  # Pillow raises many kinds (OSError, SyntaxError, struct.error...)
-        log.debug("invalid image %s: %s", path, err)
+        log.debug("invalid image: %s", err)
         return "truncated" if "truncated" in str(err).lower() else "not_image"
     return "ok"
+
+
+def _save_if_valid(body: bytes, part: Path, dest: Path, max_pixels: int) -> str:
+    """Validate ``body``; if it is good, write it to ``part`` then rename that to ``dest``."""
+    status = validate_image(body, max_pixels)
+    if status == "ok":
+        part.write_bytes(body)
+        os.replace(part, dest)
+    return status
 
 
 def _is_image_type(content_type: str) -> bool:
@@ -294,25 +316,24 @@ def _backoff_delay(base: float, attempt: int, cap: float, rng: random.Random) ->
 
 def _http_failure(response: httpx.Response, config: FetchConfig) -> _Attempt:
     code = response.status_code
-    retry = code == 429 or code >= 500
+    if not (code == 429 or code >= 500):  # other 4xx (and odd 3xx): retrying will not help
+        return _Attempt(f"http_{code}", str(response.url))
     wait = _retry_after_seconds(response.headers.get("retry-after"), config.max_retry_after)
-    return _Attempt(f"http_{code}", str(response.url), retry=retry, retry_after=wait if retry else None)
+    return _Attempt(f"http_{code}", str(response.url), retry=True, retry_after=wait)
 
 
-async def _stream_body(response: httpx.Response, part: Path, max_bytes: int) -> int | None:
-    """Write the body to ``part``; ``None`` as soon as it passes ``max_bytes``."""
-    nbytes = 0
-    with part.open("wb") as fh:
-        async for chunk in response.aiter_bytes(_CHUNK_SIZE):
-            nbytes += len(chunk)
-            if nbytes > max_bytes:
-                return None
-            fh.write(chunk)
-    return nbytes
+async def _read_body(response: httpx.Response, max_bytes: int) -> bytes | None:
+    """The response body, or ``None`` as soon as it passes ``max_bytes``."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes(_CHUNK_SIZE):
+        body += chunk
+        if len(body) > max_bytes:
+            return None
+    return bytes(body)
 
 
-async def _download(client: httpx.AsyncClient, url: str, part: Path, config: FetchConfig) -> _Attempt:
-    """One GET of ``url`` into ``part``, with every failure mapped to a status."""
+async def _download(client: httpx.AsyncClient, url: str, config: FetchConfig) -> _Attempt:
+    """One GET of ``url``, with every failure mapped to a status."""
     try:
         async with asyncio.timeout(config.timeout):
             async with client.stream("GET", url) as response:
@@ -325,15 +346,15 @@ async def _download(client: httpx.AsyncClient, url: str, part: Path, config: Fet
                 if declared.isdigit() and int(declared) > config.max_bytes:
                     return _Attempt("too_large", final_url, int(declared))
                 try:
-                    nbytes = await _stream_body(response, part, config.max_bytes)
+                    body = await _read_body(response, config.max_bytes)
                 except httpx.TimeoutException:
                     raise
                 except httpx.TransportError as err:  # e.g. fewer bytes than Content-Length
                     log.debug("body of %s cut short: %s", url, err)
                     return _Attempt("truncated", final_url, retry=True)
-                if nbytes is None:
+                if body is None:
                     return _Attempt("too_large", final_url, config.max_bytes)
-                return _Attempt("downloaded", final_url, nbytes)
+                return _Attempt("downloaded", final_url, len(body), body=body)
     except (TimeoutError, httpx.TimeoutException):
         return _Attempt("timeout", url, retry=True)
     except httpx.TooManyRedirects:
@@ -349,13 +370,13 @@ async def _download(client: httpx.AsyncClient, url: str, part: Path, config: Fet
 
 
 async def _download_with_retries(
-    client: httpx.AsyncClient, url: str, part: Path, config: FetchConfig, rng: random.Random
+    client: httpx.AsyncClient, url: str, config: FetchConfig, rng: random.Random
 ) -> tuple[_Attempt, int]:
     """Download ``url``, retrying transient failures; returns the last outcome and attempts."""
     attempts = 0
     while True:
         attempts += 1
-        outcome = await _download(client, url, part, config)
+        outcome = await _download(client, url, config)
         if not outcome.retry or attempts > config.retries:
             return outcome, attempts
         delay = outcome.retry_after
@@ -403,14 +424,15 @@ async def _fetch_one(
     total_attempts = 0
     try:
         for candidate in url_variants(url):
-            outcome, attempts = await _download_with_retries(client, candidate, part, config, rng)
+            outcome, attempts = await _download_with_retries(client, candidate, config, rng)
             total_attempts += attempts
             if outcome.status == "downloaded":
-                status = await asyncio.to_thread(validate_image, part, config.max_pixels)
+                status = await asyncio.to_thread(
+                    _save_if_valid, outcome.body, part, dest, config.max_pixels
+                )
                 if status == "ok":
-                    os.replace(part, dest)
                     return FetchResult(movie_id, "ok", outcome.nbytes, total_attempts, outcome.url)
-                outcome = replace(outcome, status=status)
+                outcome = replace(outcome, status=status, body=b"")
             first_failure = first_failure or outcome
             if outcome.status not in FALLBACK_STATUSES:
                 break
@@ -451,7 +473,8 @@ def _jobs(catalog: pd.DataFrame) -> list[tuple[str, str | None]]:
     for movie_id, url in zip(catalog["id"].astype(str), catalog["url"]):
         by_id.setdefault(movie_id, _clean_url(url))
     if len(by_id) < len(catalog):
-        log.warning("catalogue has %d duplicate id(s); each is fetched once", len(catalog) - len(by_id))
+        duplicates = len(catalog) - len(by_id)
+        log.warning("catalogue has %d duplicate id(s); each is fetched once", duplicates)
     return list(by_id.items())
 
 
@@ -477,17 +500,18 @@ async def _run(
     """Fetch every job with ``config.concurrency`` workers, recording into ``results``.
 
     Each worker owns a one-connection client, so at most ``concurrency`` connections are
-    open. (One shared pool of that size works too, but httpcore scans every pooled
-    connection with a syscall per request: about 3x the CPU per poster at concurrency 16.)
+    open. (One shared pool of that size works too, but httpcore checks every pooled
+    connection, with a syscall each, per request: about 1.6x the CPU per poster at
+    concurrency 16 in benchmarks/fetch_concurrency.py.)
     """
     manifest = out_dir / MANIFEST_NAME
-    queue: Iterator[tuple[int, tuple[str, str | None]]] = iter(enumerate(jobs))
+    pending: Iterator[tuple[int, tuple[str, str | None]]] = iter(enumerate(jobs))
     rng = random.Random()
     ssl_context = httpx.create_ssl_context()  # loading CA certificates is slow: do it once
 
     async def worker(bar: tqdm) -> None:
         async with _client(ssl_context, config.timeout) as client:
-            for position, (movie_id, url) in queue:  # one shared iterator: each job taken once
+            for position, (movie_id, url) in pending:  # shared iterator: each job taken once
                 results[position] = await _fetch_one(client, movie_id, url, out_dir, config, rng)
                 bar.update(1)
                 if len(results) % config.manifest_every == 0:
@@ -531,12 +555,12 @@ def fetch_posters(
     manifest = out_dir / MANIFEST_NAME
     results: dict[int, FetchResult] = {}
     start = time.perf_counter()
-    log.info("fetching %d posters into %s (concurrency %d)", len(jobs), out_dir, config.concurrency)
+    log.info("fetching %d posters into %s (%d at a time)", len(jobs), out_dir, config.concurrency)
     try:
         _run_coroutine(_run(jobs, out_dir, config, results, progress))
     finally:
         write_manifest(_ordered(results), manifest)  # also after Ctrl-C: what finished so far
     counts = dict(Counter(r.status for r in results.values()).most_common())
     summary = FetchSummary(counts, manifest, out_dir, time.perf_counter() - start)
-    log.info("fetched %d/%d posters in %.1fs: %s", summary.n_ok, len(jobs), summary.elapsed, counts)
+    log.info("%d/%d posters ready in %.1fs: %s", summary.n_ok, len(jobs), summary.elapsed, counts)
     return summary

@@ -20,7 +20,7 @@ def sample_catalog() -> Path:
 
 def demo(out: Path, cache: Path | None = None) -> None:
     """Embed the sample, train both models, evaluate on the held-out posters, report."""
-    from posterlens import evaluate, train
+    from posterlens import evaluate, predict, train
 
     console = Console()
     cache = cache or out / "cache"
@@ -38,3 +38,14 @@ def demo(out: Path, cache: Path | None = None) -> None:
                   f"(top-2 constant baseline: {base['macro_map']:.3f}, {base['micro_f1']:.3f})")
     console.print(f"score: MAE {score['mae']:.3f} (predicting the mean: {score['baseline_mae']:.3f})")
     console.print(f"[bold]report: {evaluation.report}[/bold]")
+    console.rule("3. predict held-out posters, and find similar movies")
+    predictor = predict.load(result.model_dir, cache)
+    posters = [SAMPLE_DIR / "images" / f"{i}.jpg" for i in model.info["holdout_ids"][:6]]
+    predictions = predictor.predict(posters, similar=3)
+    written = predict.write(predictions, out / "predictions")
+    for row in predictions.table.itertuples():
+        console.print(f"{Path(row.file).name}: score {row.score:.1f}, genres {'|'.join(row.genres) or '-'}")
+    console.print(f"CSV files: {', '.join(str(p) for p in written.values())}")
+    found = predictor.similar(posters[0], k=5)
+    console.print(f"movies similar to {posters[0].name}:")
+    console.print(found.to_string(index=False, float_format=lambda v: f"{v:.2f}"))

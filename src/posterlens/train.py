@@ -15,6 +15,7 @@ import pandas as pd
 from posterlens import backbones, catalog, features, metrics
 from posterlens.heads import GenreHead, ScoreClassifier, ScoreRegressor, tune_thresholds
 from posterlens.model import PosterModel, save
+from posterlens.similar import SimilarIndex
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,15 @@ def evaluate_split(model: PosterModel, data: Dataset, idx: np.ndarray) -> dict:
     return result
 
 
+def similar_index(model: PosterModel, data: Dataset, idx: np.ndarray, seed: int) -> SimilarIndex:
+    """Nearest-neighbour index over the training posters, in the genre space."""
+    rows = data.table.iloc[idx]
+    movies = pd.DataFrame({"id": rows["id"].to_numpy(), "title": rows["title"].to_numpy(),
+                           "genres": ["|".join(g) for g in rows["genres"]], "score": rows["score"].to_numpy(),
+                           "key": [data.keys[i] for i in idx]})
+    return SimilarIndex.build(model.genre_proba(data.X[idx]), movies, seed)
+
+
 def curves_table(model: PosterModel) -> pd.DataFrame:
     """fit_one_cycle curves of the heads trained with fastai."""
     frames = []
@@ -212,6 +222,8 @@ def train(catalog_path: Path, images: Path | None, out: Path, config: TrainConfi
     pd.DataFrame({"id": data.table["id"].iloc[train_idx], "key": [data.keys[i] for i in train_idx]}).to_csv(
         out / TRAINING_SET_FILE, index=False)
     extra = {CURVES_FILE: out / CURVES_FILE, TRAINING_SET_FILE: out / TRAINING_SET_FILE}
+    for name in similar_index(model, data, train_idx, config.seed).save(out):
+        extra[name] = out / name
     if cv is not None:
         (out / "cv_metrics.json").write_text(json.dumps(cv, indent=2))
         extra["cv_metrics.json"] = out / "cv_metrics.json"
