@@ -65,6 +65,39 @@ def embed(
 
 
 @app.command()
+def fetch(
+    catalog: Path = CatalogOpt,
+    out: Path = typer.Option(..., "--out", help="folder to download the posters into"),
+    concurrency: int = typer.Option(16, help="parallel connections"),
+    retries: int = typer.Option(3, help="extra attempts on timeouts, connection errors, 429 and 5xx"),
+    timeout: float = typer.Option(20.0, help="seconds per request"),
+    max_bytes: int = typer.Option(10_000_000, help="largest poster accepted, in bytes"),
+    limit: Optional[int] = typer.Option(None, help="at most this many posters (after --sample)"),
+    sample: Optional[str] = typer.Option(None, help="per-genre:K or random:N"),
+    seed: int = typer.Option(42, help="seed for --sample"),
+) -> None:
+    """Download the catalogue's posters: concurrent, validated, resumable (manifest.csv)."""
+    from posterlens import catalog as catalogs
+    from posterlens.fetch import FetchConfig, fetch_posters, select
+
+    try:
+        table = catalogs.read_catalog(catalog, out, require_posters=False)
+        config = FetchConfig(concurrency=concurrency, retries=retries, timeout=timeout, max_bytes=max_bytes)
+        summary = fetch_posters(select(table, limit, sample, seed), out, config)
+    except (CatalogError, ValueError) as err:
+        _fail(err)
+    view = Table(title=f"fetch: {out}")
+    view.add_column("status")
+    view.add_column("posters", justify="right")
+    for status, count in sorted(summary.counts.items(), key=lambda kv: -kv[1]):
+        view.add_row(status, str(count))
+    Console().print(view)
+    console.print(f"manifest: {summary.manifest}")
+    if summary.n_ok == 0:
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def train(
     catalog: Path = CatalogOpt,
     images: Optional[Path] = ImagesOpt,
