@@ -251,6 +251,38 @@ def similar(
         found.to_csv(out, index=False)
 
 
+def _size(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if not text:
+        return None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected WIDTHxHEIGHT, e.g. 180x300") from None
+    return width, height
+
+
+@app.command()
+def compare(
+    catalog: Path = CatalogOpt,
+    images: Optional[Path] = ImagesOpt,
+    out: Path = typer.Option(..., "--out", help="folder for compare.md, compare.csv and compare.png"),
+    models: Optional[list[str]] = typer.Option(None, "--models", help="head:<backbone>, finetune:<backbone>, cnn, mlp (repeatable)"),
+    epochs: Optional[int] = typer.Option(None, help="epochs per model (default: per kind)"),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT for the pixel models, e.g. 180x300"),
+    quick: bool = typer.Option(False, "--quick", help="about 100 posters, one epoch per model"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Compare transfer learning, fine-tuning, a small CNN and an MLP on one split (table + chart)."""
+    from posterlens.compare import compare as run
+
+    try:
+        table = run(catalog, images, out, models=models, epochs=epochs, image_size=_size(image_size), quick=quick, cache=cache)
+    except (CatalogError, BackboneError, ValueError) as err:
+        _fail(err)
+    Console().print(table.to_string(index=False))
+    console.print(f"table and chart: {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'compare.png'}")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="where the demo writes its outputs"),

@@ -30,8 +30,12 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
-from posterlens import backbones, catalog, features, metrics, train  # noqa: I001  (posterlens before fastai)
+from posterlens import backbones, catalog, features, metrics, train  # before fastai (imported where used)
 from posterlens.heads import save_arrays, tune_thresholds
 from posterlens.images import PosterError, decode
 
@@ -47,7 +51,7 @@ INFER_BATCH = 32
 SCRATCH_INPUT = {"cnn": (128, 192), "mlp": (48, 72)}  # width, height
 QUICK_FINETUNE_INPUT = (112, 160)
 PIXELS_01 = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # cnn and mlp: pixels scaled to 0..1, as in the original
-DEFAULT_EPOCHS = {"head": 20, "finetune": 2, "cnn": 8, "mlp": 10}  # finetune: unfrozen epochs after 1 frozen
+DEFAULT_EPOCHS = {"head": 20, "finetune": 1, "cnn": 6, "mlp": 10}  # finetune: unfrozen epochs after 1 frozen
 QUICK_MODELS = ["head:efficientnet_lite0", "head:mobilenet_v2", "finetune:efficientnet_lite0", "cnn", "mlp"]
 METRICS = ["macro_map", "macro_f1", "micro_f1", "binary_accuracy", "hamming_loss"]
 COLUMNS = ["model", "parameters", "size_mb", "train_s_per_epoch", "infer_ms_per_poster", *METRICS,
@@ -178,11 +182,11 @@ def state_size_mb(arrays: dict[str, np.ndarray]) -> float:
         return path.stat().st_size / 1e6
 
 
-def module_arrays(module) -> dict[str, np.ndarray]:
+def module_arrays(module: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
 
-def count_parameters(module) -> int:
+def count_parameters(module: nn.Module) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
@@ -230,15 +234,13 @@ def run_head(backbone: backbones.Backbone, split: Split, epochs: int, cache: Pat
 
 
 def _test_paths(split: Split) -> list[str]:
-    return [split.paths[i] for i in split.test]
+    return split.table["path"].iloc[split.test].tolist()
 
 
 # --- from-pixels models: networks ------------------------------------------------------------
 
-def build_cnn(n_out: int):
+def build_cnn(n_out: int) -> nn.Module:
     """The original CNN: 4 conv blocks (32-64-128-256), global average pooling, dense 512 -> 256."""
-    from torch import nn
-
     def block(c_in: int, c_out: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(c_out),
                              nn.MaxPool2d(2), nn.Dropout(0.25))
@@ -250,34 +252,28 @@ def build_cnn(n_out: int):
                          nn.Linear(256, n_out))
 
 
-def build_mlp(n_in: int, n_out: int):
+def build_mlp(n_in: int, n_out: int) -> nn.Module:
     """The original MLP on flattened pixels: dense 1024 -> 512 -> 256, batch norm, dropout 0.5."""
-    from torch import nn
-
     layers: list[nn.Module] = [nn.Flatten()]
     for a, b in ((n_in, 1024), (1024, 512), (512, 256)):
         layers += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU(), nn.Dropout(0.5)]
     return nn.Sequential(*layers, nn.Linear(256, n_out))
 
 
-def build_finetune(backbone: backbones.Backbone, n_out: int):
+class FineTuneNet(nn.Module):
     """The pretrained embedding network (``body``) with a new linear multi-label ``head``."""
-    from torch import nn
 
-    class FineTuneNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = backbones.create_model(backbone)
-            dim = backbone.feature_dim
-            self.head = nn.Sequential(nn.BatchNorm1d(dim), nn.Dropout(0.25), nn.Linear(dim, n_out))
+    def __init__(self, backbone: backbones.Backbone, n_out: int):
+        super().__init__()
+        self.body = backbones.create_model(backbone)
+        dim = backbone.feature_dim
+        self.head = nn.Sequential(nn.BatchNorm1d(dim), nn.Dropout(0.25), nn.Linear(dim, n_out))
 
-        def forward(self, x):
-            return self.head(self.body(x))
-
-    return FineTuneNet()
+    def forward(self, x):
+        return self.head(self.body(x))
 
 
-def body_and_head(net) -> list:
+def body_and_head(net: FineTuneNet) -> list:
     """fastai splitter: two parameter groups, so ``freeze`` trains the head only."""
     from fastai.torch_core import params
 
@@ -306,23 +302,17 @@ class Recipe:
         return f"{self.size[0]}x{self.size[1]}"
 
 
-def loader(X: np.ndarray, Y: np.ndarray, batch_size: int, shuffle: bool):
+def loader(X: np.ndarray, Y: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
     """Whole batches sliced out of in-memory tensors (like ``heads._batches``); a training
     loader drops its last batch when it would hold a single poster (batch norm needs two)."""
-    import torch
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
-
     data = TensorDataset(torch.as_tensor(X), torch.as_tensor(Y))
     order = RandomSampler(data) if shuffle else SequentialSampler(data)
     drop_last = shuffle and len(X) % batch_size == 1
     return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last=drop_last), batch_size=None)
 
 
-def augment(x):
+def augment(x: torch.Tensor) -> torch.Tensor:
     """Per poster: random horizontal flip, crop (zoom 1-1.18x, shifted) and brightness +-10%."""
-    import torch
-    import torch.nn.functional as F
-
     n = x.shape[0]
     scale = torch.empty(n, device=x.device).uniform_(0.85, 1.0)
     flip = torch.where(torch.rand(n, device=x.device) < 0.5, -1.0, 1.0)
@@ -334,10 +324,8 @@ def augment(x):
     return (x * torch.empty(n, 1, 1, 1, device=x.device).uniform_(0.9, 1.1)).clamp_(0.0, 1.0)
 
 
-def normalise(x, recipe: Recipe):
+def normalise(x: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float, normalised as the recipe says (channels_last for the convs)."""
-    import torch
-
     mean = torch.tensor(recipe.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(recipe.std, device=x.device).view(1, 3, 1, 1)
     x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
@@ -366,7 +354,7 @@ class Fitted:
     epochs_run: list[int] = field(default_factory=list)  # per stage
 
 
-def fit_pixels(net, X: np.ndarray, split: Split, recipe: Recipe, seed: int, progress: bool,
+def fit_pixels(net: nn.Module, X: np.ndarray, split: Split, recipe: Recipe, seed: int, progress: bool,
                finetune: bool = False) -> Fitted:
     """Train ``net`` with a fastai ``Learner`` on the fit part, validating on the valid part.
 
@@ -383,7 +371,6 @@ def fit_pixels(net, X: np.ndarray, split: Split, recipe: Recipe, seed: int, prog
     from fastai.learner import Learner
     from fastai.optimizer import Adam
     from fastai.torch_core import default_device, set_seed, trainable_params
-    from torch import nn
 
     set_seed(seed)
     Y = split.Y.astype(np.float32)
@@ -423,9 +410,8 @@ def _quiet(learn, progress: bool):
     return stack
 
 
-def predict_pixels(net, X: np.ndarray, recipe: Recipe, batch_size: int = INFER_BATCH) -> np.ndarray:
+def predict_pixels(net: nn.Module, X: np.ndarray, recipe: Recipe, batch_size: int = INFER_BATCH) -> np.ndarray:
     """Genre probabilities for uint8 posters (N, 3, H, W)."""
-    import torch
     from fastai.torch_core import default_device
 
     device = default_device()
@@ -438,14 +424,17 @@ def predict_pixels(net, X: np.ndarray, recipe: Recipe, batch_size: int = INFER_B
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def run_pixels(name: str, net, recipe: Recipe, pixels: PosterPixels, split: Split, seed: int, progress: bool,
+def run_pixels(name: str, net: nn.Module, recipe: Recipe, pixels: PosterPixels, split: Split, seed: int, progress: bool,
                finetune: bool = False, notes: str = "") -> Row:
     """Train a from-pixels model, tune its thresholds on the validation part, score it on the test part."""
     X = pixels.at(recipe.size)
     fitted = fit_pixels(net, X, split, recipe, seed, progress, finetune)
     thresholds = tune_thresholds(split.Y[split.valid], predict_pixels(net, X[split.valid], recipe))
     P = predict_pixels(net, X[split.test], recipe)
-    predict = lambda paths: predict_pixels(net, decode_posters(paths, recipe.size)[0], recipe)  # noqa: E731
+
+    def predict(paths: list[str]) -> np.ndarray:  # from files: decode, normalise, forward
+        return predict_pixels(net, decode_posters(paths, recipe.size)[0], recipe)
+
     epochs = "+".join(str(n) for n in fitted.epochs_run)
     planned = f"{recipe.head_epochs}+{recipe.epochs}" if finetune else str(recipe.epochs)
     return Row(
@@ -487,7 +476,7 @@ def run_model(name: str, split: Split, pixels: PosterPixels, epochs: int | None,
     recipe = recipe_for(kind, backbone, epochs, image_size, quick)
     n = len(split.genres)
     if kind == "finetune":
-        return run_pixels(name, build_finetune(backbone, n), recipe, pixels, split, seed, progress, finetune=True,
+        return run_pixels(name, FineTuneNet(backbone, n), recipe, pixels, split, seed, progress, finetune=True,
                           notes="pretrained; frozen body, then unfrozen at lr slice(1e-5, 1e-3)")
     if kind == "cnn":
         return run_pixels(name, build_cnn(n), recipe, pixels, split, seed, progress,
@@ -517,16 +506,16 @@ def _display(frame: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def describe(split: Split, catalog_path: Path, quick: bool, seed: int, models: list[str],
+def describe(split: Split, catalog_path: Path, quick: bool, seed: int, models: list[str] | None,
              epochs: int | None, image_size: tuple[int, int] | None, seconds: float) -> list[str]:
     """The notes under the table: data, split, epochs, inputs, thresholds, timings, command."""
-    import torch
     from fastai.torch_core import default_device
 
     n = {kind: planned_epochs(kind, epochs, quick) for kind in DEFAULT_EPOCHS}
-    args = f" --models {' '.join(models)}" + (f" --epochs {epochs}" if epochs else "") + \
+    args = (f" --models {' '.join(models)}" if models else "") + (f" --epochs {epochs}" if epochs else "") + \
         (f" --image-size {image_size[0]}x{image_size[1]}" if image_size else "") + (" --quick" if quick else "")
-    device = "GPU" if default_device().type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    device = "GPU" if default_device().type == "cuda" else f"CPU ({threads} thread{'s' if threads > 1 else ''})"
     return [
         f"- Data: `{catalog_path}`, {len(split.table)} readable posters" + (" (quick: a seeded sample)" if quick else "")
         + f"; {len(split.genres)} genres with at least {QUICK_MIN_GENRE_COUNT if quick else MIN_GENRE_COUNT} posters.",
@@ -551,7 +540,7 @@ def describe(split: Split, catalog_path: Path, quick: bool, seed: int, models: l
         f"infer_ms_per_poster goes from image file to probabilities in batches of {INFER_BATCH} on up to "
         f"{INFER_POSTERS} test posters, without the feature cache (heads: ONNX backbone + head). size_mb: the model's "
         "state as safetensors.",
-        f"- Whole comparison: {seconds / 60:.1f} min. Command: `posterlens compare --catalog {catalog_path} --out DIR{args}`",
+        f"- Whole comparison: {seconds / 60:.1f} min. CLI equivalent: `posterlens compare --catalog {catalog_path} --out DIR{args}`",
     ]
 
 
@@ -588,13 +577,13 @@ def compare(catalog_path: Path, images: Path | None, out: Path, models: list[str
             seed: int = 42, progress: bool = True) -> pd.DataFrame:
     """Train and score every model on one shared split; write compare.csv/.md/.png to ``out``."""
     start = time.perf_counter()
-    models = list(models or (QUICK_MODELS if quick else default_models()))
-    for name in models:
+    names = list(models or (QUICK_MODELS if quick else default_models()))
+    for name in names:
         parse_model(name)  # fail before any work on a bad name
     cache = Path(cache) if cache else features.default_cache_dir()
     split = prepare(Path(catalog_path), images, quick, seed)
     pixels = PosterPixels(split.paths)
-    rows = [run_model(name, split, pixels, epochs, image_size, quick, cache, seed, progress) for name in models]
+    rows = [run_model(name, split, pixels, epochs, image_size, quick, cache, seed, progress) for name in names]
     frame = pd.DataFrame([r.record() for r in rows + baseline_rows(split)], columns=COLUMNS)
     frame["parameters"] = frame["parameters"].astype("Int64")
     notes = describe(split, Path(catalog_path), quick, seed, models, epochs, image_size, time.perf_counter() - start)
