@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -37,9 +37,6 @@ class PipelineConfig:
     concurrency: int = 16
     min_genre_count: int = 20
     cache: str | None = None  # default: <out>/cache
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def cache_dir(self) -> Path:

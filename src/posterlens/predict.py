@@ -25,9 +25,6 @@ from posterlens import features, model as model_files
 from posterlens.images import PosterError
 from posterlens.similar import SimilarIndex
 
-SCORE_COLUMNS = ["file", "label"]
-GENRE_COLUMNS = ["file", "predicted_labels", "raw_probs"]
-FINAL_COLUMNS = ["file", "score", "predicted_labels", "raw_probs"]
 ERROR_COLUMNS = ["file", "reason"]
 
 
