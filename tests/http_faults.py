@@ -67,13 +67,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FaultServer(ThreadingHTTPServer):
-    """Serve ``routes`` on 127.0.0.1 (random port) from a background thread."""
+    """Serve ``routes`` on ``host`` (default 127.0.0.1; random port) from a background thread."""
 
     daemon_threads = True
     request_queue_size = 128  # listen backlog: the default 5 drops bursts of connections
 
-    def __init__(self, routes: dict[str, list[Reply]]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, routes: dict[str, list[Reply]], host: str = "127.0.0.1") -> None:
+        super().__init__((host, 0), _Handler)
         self.routes = routes
         self.hits: Counter[str] = Counter()  # path -> requests so far
         self.hit_times: defaultdict[str, list[float]] = defaultdict(list)  # time.monotonic()s

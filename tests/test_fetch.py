@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import gzip
 import io
 import os
 import signal
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from PIL import Image
 
 import posterlens.fetch as fetch_module
 from http_faults import FaultServer, Reply
+from posterlens.safeio import OutputError
 from posterlens.fetch import (
     MANIFEST_COLUMNS,
     FetchConfig,
@@ -155,8 +159,10 @@ def test_config_rejects_nonsense(bad: dict[str, float]) -> None:
 
 # --------------------------------------------------------------------------- faults
 
+# The test server is on loopback, which the fetcher refuses unless allowed.
 CONFIG = FetchConfig(
-    concurrency=8, retries=2, timeout=0.5, max_bytes=200_000, backoff=0.05, max_retry_after=1.5
+    concurrency=8, retries=2, timeout=0.5, max_bytes=200_000, backoff=0.05, max_retry_after=1.5,
+    allow_private_hosts=True,
 )
 
 
@@ -364,7 +370,8 @@ CHILD = textwrap.dedent(
     base, out_dir, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     ids = [f"tt{i:07d}" for i in range(n)]
     catalog = pd.DataFrame({"id": ids, "url": [f"{base}/p/{i}.jpg" for i in range(n)]})
-    fetch_posters(catalog, out_dir, FetchConfig(concurrency=4, manifest_every=10), progress=False)
+    config = FetchConfig(concurrency=4, manifest_every=10, allow_private_hosts=True)
+    fetch_posters(catalog, out_dir, config, progress=False)
     """
 )
 
@@ -407,7 +414,7 @@ def test_sigkill_mid_run_then_resume(posters: list[bytes], tmp_path: Path) -> No
         summary = fetch_posters(
             make_catalog(dict(zip(ids, [server.url(f"/p/{i}.jpg") for i in range(n)]))),
             tmp_path,
-            FetchConfig(concurrency=8, timeout=5.0),
+            FetchConfig(concurrency=8, timeout=5.0, allow_private_hosts=True),
             progress=False,
         )
 
@@ -420,3 +427,130 @@ def test_sigkill_mid_run_then_resume(posters: list[bytes], tmp_path: Path) -> No
     for i, movie_id in enumerate(ids):
         path = tmp_path / f"{movie_id}.jpg"
         assert loads(path) and path.read_bytes() == posters[i]
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"concurrency": 0}, "FetchConfig.concurrency must be >= 1, got 0"),
+        ({"retries": -1}, "FetchConfig.retries must be >= 0, got -1"),
+        ({"timeout": float("nan")}, "FetchConfig.timeout must be > 0, got nan"),
+        ({"max_bytes": 0}, "FetchConfig.max_bytes must be > 0, got 0"),
+        ({"manifest_every": "10"}, "FetchConfig.manifest_every must be >= 1, got '10'"),
+    ],
+)
+def test_config_errors_name_the_field(bad: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        FetchConfig(**bad)
+
+
+@pytest.mark.parametrize(
+    "address, problem",
+    [
+        ("127.0.0.1", "loopback"), ("::1", "loopback"), ("::ffff:127.0.0.1", "loopback"),
+        ("2002:7f00:1::", "loopback"), ("0.0.0.0", "unspecified"), ("10.1.2.3", "private"),
+        ("192.168.0.1", "private"), ("fc00::1", "private"), ("169.254.169.254", "link-local"),
+        ("fe80::1%eth0", "link-local"), ("224.0.0.1", "multicast"), ("240.0.0.1", "reserved"),
+        ("100.64.0.1", "non-global"), ("93.184.215.14", None), ("2606:4700::1111", None),
+    ],
+)
+def test_address_problem(address: str, problem: str | None) -> None:
+    assert fetch_module.address_problem(address) == problem
+
+
+PUBLIC = FetchConfig(concurrency=2, retries=2, timeout=2.0, backoff=0.05)  # allow_private_hosts off
+
+
+def test_private_hosts_are_refused_per_poster(
+    posters: list[bytes], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with FaultServer({"/ok.jpg": [Reply(body=posters[0])]}) as server:
+        port = server.server_address[1]
+        urls = {"tt0000001": server.url("/ok.jpg"), "tt0000002": f"http://localhost:{port}/ok.jpg"}
+        summary = fetch_posters(make_catalog(urls), tmp_path, PUBLIC, progress=False)
+    assert server.hits["/ok.jpg"] == 0  # never connected
+    manifest = read_manifest(tmp_path).set_index("imdbId")
+    assert list(manifest["status"]) == ["blocked_host"] * 2 and list(manifest["attempts"]) == [1, 1]
+    assert summary.counts == {"blocked_host": 2} and not list(tmp_path.glob("*.jpg"))
+    assert "127.0.0.1 is a loopback address" in caplog.text and "--allow-private-hosts" in caplog.text
+
+
+@pytest.fixture
+def pretend_public(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Treat 127.0.0.2 as a public internet address (a stand-in for a real poster host)."""
+    if sys.platform != "linux":
+        pytest.skip("binding 127.0.0.2 needs Linux")
+    real = fetch_module.address_problem
+    monkeypatch.setattr(fetch_module, "address_problem", lambda a: None if a == "127.0.0.2" else real(a))
+    return "127.0.0.2"
+
+
+def test_redirect_to_loopback_is_refused(posters: list[bytes], tmp_path: Path, pretend_public: str) -> None:
+    with FaultServer({"/ok.jpg": [Reply(body=posters[0])]}) as inside:
+        target = inside.url("/ok.jpg")  # 127.0.0.1, another port
+        with FaultServer({"/r.jpg": [Reply(302, headers={"Location": target})]}, pretend_public) as outside:
+            catalog = make_catalog({"tt0000001": outside.url("/r.jpg")})
+            summary = fetch_posters(catalog, tmp_path, PUBLIC, progress=False)
+    assert summary.counts == {"blocked_host": 1}
+    assert outside.hits["/r.jpg"] == 1 and inside.hits["/ok.jpg"] == 0
+    row = read_manifest(tmp_path).iloc[0]
+    assert (row["status"], row["final_url"]) == ("blocked_host", target)
+
+
+def test_connects_to_the_address_it_checked(
+    posters: list[bytes], tmp_path: Path, pretend_public: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: a second lookup would say loopback, but there is no second lookup."""
+    answers = iter([[pretend_public]])
+
+    async def rebinding_resolver(host: str, port: int) -> list[str]:
+        assert host == "posters.test"
+        return next(answers, ["127.0.0.1"])
+
+    monkeypatch.setattr(fetch_module, "_resolve", rebinding_resolver)
+    with FaultServer({"/a.jpg": [Reply(body=posters[0])]}, pretend_public) as server:
+        url = f"http://posters.test:{server.server_address[1]}/a.jpg"
+        summary = fetch_posters(make_catalog({"tt0000001": url}), tmp_path, PUBLIC, progress=False)
+    assert summary.counts == {"ok": 1} and server.hits["/a.jpg"] == 1
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compression_bomb_counts_decoded_bytes(tmp_path: Path, encoding: str) -> None:
+    packed = gzip.compress(bytes(30_000_000)) if encoding == "gzip" else zlib.compress(bytes(30_000_000))
+    assert len(packed) < CONFIG.max_bytes  # small on the wire, 30 MB decoded
+    reply = Reply(body=packed, headers={"Content-Encoding": encoding})
+    with FaultServer({"/bomb.jpg": [reply]}) as server:
+        start = time.perf_counter()
+        summary = fetch_posters(make_catalog({"tt0000001": server.url("/bomb.jpg")}), tmp_path, CONFIG, progress=False)
+    assert summary.counts == {"too_large": 1} and time.perf_counter() - start < 5
+    assert read_manifest(tmp_path)["bytes"][0] == CONFIG.max_bytes
+    assert not list(tmp_path.glob("*.jpg")) and not list(tmp_path.glob(".*"))
+
+
+def test_disk_full_stops_with_one_error_and_no_part_files(
+    posters: list[bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(self: Path, data: bytes) -> int:
+        self.open("wb").write(data[:100])  # a partial file, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    routes = {f"/p{i}.jpg": [Reply(body=posters[i])] for i in range(6)}
+    with FaultServer(routes) as server:
+        catalog = make_catalog({f"tt{i:07d}": server.url(f"/p{i}.jpg") for i in range(6)})
+        with pytest.raises(OutputError, match=r"tt\d{7}.jpg: cannot write \(No space left on device\)"):
+            fetch_posters(catalog, tmp_path, CONFIG, progress=False)
+    assert not list(tmp_path.glob(".*")) and not list(tmp_path.glob("*.jpg"))
+    assert (tmp_path / "manifest.csv").exists()
+
+
+def test_manifest_cells_cannot_be_formulas(tmp_path: Path) -> None:
+    catalog = make_catalog({"=cmd|' /C calc'!A0": "http://x/a.jpg", "tt0000001": '=HYPERLINK("http://evil")'})
+    fetch_posters(catalog, tmp_path, PUBLIC, progress=False)
+    manifest = read_manifest(tmp_path)
+    assert list(manifest["imdbId"]) == ["'=cmd|' /C calc'!A0", "tt0000001"]
+    assert list(manifest["status"]) == ["invalid_id", "invalid_url"]
+    assert manifest["final_url"][1] == "'=HYPERLINK(\"http://evil\")"

@@ -15,28 +15,38 @@
   they are checked: at most ``concurrency * max_bytes``). Only then is it written to
   ``.{id}.jpg.part`` and renamed to ``{id}.jpg``, so a killed run never leaves a partial
   file under a final name (stale ``.part`` files are removed by the next run);
+* only public internet hosts are contacted: every connection (the first request and each
+  redirect hop) resolves the host, refuses it if any address is loopback, private,
+  link-local, multicast, reserved or otherwise not global, and connects to the address it
+  checked (no second DNS answer, so no DNS rebinding). ``config.allow_private_hosts``
+  lifts this (e.g. a poster mirror on the local network); environment proxies
+  (``HTTPS_PROXY``) are only used then, since a proxy would resolve hosts itself;
 * a re-run keeps files that exist and validate (status ``cached``) and retries the rest;
 * ``out_dir/manifest.csv`` (``MANIFEST_COLUMNS``) gets one row per movie; it is written
-  atomically every ``config.manifest_every`` results and at the end.
+  atomically (``safeio.write_csv``: spreadsheet formulas neutralised) every
+  ``config.manifest_every`` results and at the end;
+* a poster or manifest that cannot be written (disk full, read-only folder) stops the run
+  with a one-line ``safeio.OutputError``; no partial file is left behind.
 
 Statuses: ``ok``, ``cached``, ``no_url``, ``invalid_url``, ``invalid_id``, ``http_<code>``
 (e.g. ``http_404``, ``http_500``), ``timeout``, ``connection_error``, ``truncated`` (body
 cut short or image data incomplete), ``not_image``, ``too_large`` (more than ``max_bytes``),
-``bomb`` (more than ``max_pixels``), ``too_many_redirects`` and ``http_error`` (any other
-HTTP-level failure).
+``bomb`` (more than ``max_pixels``), ``too_many_redirects``, ``blocked_host`` (the host or a
+redirect is not on the public internet) and ``http_error`` (any other HTTP-level failure).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import csv
 import io
+import ipaddress
 import logging
 import math
 import os
 import random
 import re
+import socket
 import ssl
 import time
 from collections import Counter, defaultdict
@@ -47,11 +57,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
+
+from posterlens.safeio import OutputError, remove_stale_temps, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +105,23 @@ class FetchConfig:
     backoff: float = 0.5  # base seconds for exponential backoff with jitter
     max_retry_after: float = 60.0  # cap for Retry-After waits (and for backoff)
     manifest_every: int = 50  # rewrite the manifest after this many results
+    allow_private_hosts: bool = False  # also fetch from loopback/private/link-local hosts
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1 or self.retries < 0 or self.manifest_every < 1:
-            raise ValueError("concurrency and manifest_every must be >= 1, retries >= 0")
-        if self.timeout <= 0 or self.max_bytes < 1 or self.max_pixels < 1:
-            raise ValueError("timeout, max_bytes and max_pixels must be positive")
+        for name, low, inclusive in _CONFIG_RANGES:
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not (value >= low if inclusive else value > low):  # NaN fails too
+                bound = f">= {low}" if inclusive else f"> {low}"
+                raise ValueError(f"FetchConfig.{name} must be {bound}, got {value!r}")
+
+
+# (field, lower bound, bound allowed) for FetchConfig.__post_init__
+_CONFIG_RANGES = (
+    ("concurrency", 1, True), ("retries", 0, True), ("timeout", 0, False),
+    ("max_bytes", 0, False), ("max_pixels", 0, False), ("backoff", 0, True),
+    ("max_retry_after", 0, True), ("manifest_every", 1, True),
+)
 
 
 @dataclass(frozen=True)
@@ -275,11 +299,20 @@ def validate_image(source: Path | bytes, max_pixels: int) -> str:
 
 
 def _save_if_valid(body: bytes, part: Path, dest: Path, max_pixels: int) -> str:
-    """Validate ``body``; if it is good, write it to ``part`` then rename that to ``dest``."""
+    """Validate ``body``; if it is good, write it to ``part`` then rename that to ``dest``.
+
+    ``part`` never outlives a failure; a write error becomes an ``OutputError``.
+    """
     status = validate_image(body, max_pixels)
     if status == "ok":
-        part.write_bytes(body)
-        os.replace(part, dest)
+        try:
+            part.write_bytes(body)
+            os.replace(part, dest)
+        except BaseException as err:
+            part.unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise OutputError(dest, err) from None
+            raise
     return status
 
 
@@ -287,6 +320,101 @@ def _is_image_type(content_type: str) -> bool:
     """Accept image/*; a missing or generic type is left for Pillow to judge."""
     mime = content_type.split(";")[0].strip().lower()
     return mime in ("", "application/octet-stream") or mime.startswith("image/")
+
+
+# --------------------------------------------------------------------------- public hosts only
+
+
+class BlockedHostError(Exception):
+    """A host is not on the public internet (and ``allow_private_hosts`` is off)."""
+
+    def __init__(self, message: str, url: str = ""):
+        super().__init__(message)
+        self.url = url  # the request (first or redirect hop) that was refused
+
+
+def address_problem(address: str) -> str | None:
+    """Why an IP address is not a public internet address (``"loopback"``...), or None.
+
+    IPv4 addresses inside IPv6 (``::ffff:127.0.0.1``, 6to4 ``2002:7f00:1::``) are judged as IPv4.
+    """
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone (fe80::1%eth0)
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = ip.ipv4_mapped or ip.sixtofour or ip
+    for kind in ("loopback", "unspecified", "link_local", "multicast", "reserved", "private"):
+        if getattr(ip, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return None if ip.is_global else "non-global"
+
+
+async def _resolve(host: str, port: int) -> list[str]:
+    """The addresses of ``host`` (in resolver order, no duplicates)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def public_addresses(host: str, port: int) -> list[str]:
+    """Resolve ``host``; raise ``BlockedHostError`` if ANY of its addresses is not public."""
+    try:
+        addresses = await _resolve(host, port)
+    except (OSError, UnicodeError) as err:  # socket.gaierror is an OSError
+        raise httpcore.ConnectError(f"cannot resolve {host}: {err}") from None
+    for address in addresses:
+        problem = address_problem(address)
+        if problem:
+            shown = host if host == address else f"{host} ({address})"
+            raise BlockedHostError(f"{shown} is a {problem} address, not a public internet host")
+    return addresses
+
+
+class _PublicOnlyBackend(httpcore.AsyncNetworkBackend):
+    """httpcore network backend that connects only to the public addresses it resolved."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None, socket_options: Any = None
+                          ) -> httpcore.AsyncNetworkStream:
+        error: Exception | None = None
+        for address in await public_addresses(host, port):  # connect to what was checked
+            try:
+                return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except httpcore.ConnectError as err:  # e.g. an IPv6 address without a route
+                error = err
+        raise error or httpcore.ConnectError(f"{host} has no address")
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        raise BlockedHostError(f"unix socket {path} is not a public internet host")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _PublicOnlyTransport(httpx.AsyncHTTPTransport):
+    """``AsyncHTTPTransport`` whose every connection goes through ``_PublicOnlyBackend``.
+
+    TLS still verifies the certificate against the host name. httpx 0.28 has no public
+    argument for the network backend, hence the replaced pool (tests/test_fetch.py checks
+    that a redirect to loopback is refused, so a change in httpx cannot go unnoticed).
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext, limits: httpx.Limits) -> None:
+        super().__init__(verify=ssl_context, limits=limits, trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_PublicOnlyBackend(),
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except BlockedHostError as err:  # name the hop: it may be a redirect target
+            raise BlockedHostError(f"{request.url}: {err}", str(request.url)) from None
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -355,6 +483,9 @@ async def _download(client: httpx.AsyncClient, url: str, config: FetchConfig) ->
                 if body is None:
                     return _Attempt("too_large", final_url, config.max_bytes)
                 return _Attempt("downloaded", final_url, len(body), body=body)
+    except BlockedHostError as err:
+        log.warning("%s (FetchConfig.allow_private_hosts / --allow-private-hosts allows it)", err)
+        return _Attempt("blocked_host", err.url or url)
     except (TimeoutError, httpx.TimeoutException):
         return _Attempt("timeout", url, retry=True)
     except httpx.TooManyRedirects:
@@ -449,22 +580,18 @@ async def _fetch_one(
 
 
 def write_manifest(results: Iterable[FetchResult], path: Path) -> None:
-    """Write the manifest CSV atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(MANIFEST_COLUMNS)
-        writer.writerows(result.row() for result in results)
-    os.replace(tmp, path)
+    """Write the manifest CSV atomically, spreadsheet formulas neutralised (``safeio``)."""
+    write_csv(pd.DataFrame([r.row() for r in results], columns=list(MANIFEST_COLUMNS)), path)
 
 
 def _remove_stale_parts(out_dir: Path, ids: Iterable[str], manifest: Path) -> None:
     """Delete partial files left by a killed run, for this run's movies only (shards may share a folder)."""
     stale = [_part_path(out_dir, movie_id) for movie_id in ids if _ID_RE.fullmatch(movie_id)]
-    for path in [*stale, manifest.with_name(f".{manifest.name}.tmp")]:
+    for path in stale:
         if path.exists():
             log.debug("removing stale %s", path)
             path.unlink(missing_ok=True)
+    remove_stale_temps(manifest)
 
 
 def _jobs(catalog: pd.DataFrame) -> list[tuple[str, str | None]]:
@@ -481,15 +608,21 @@ def _jobs(catalog: pd.DataFrame) -> list[tuple[str, str | None]]:
     return list(by_id.items())
 
 
-def _client(ssl_context: ssl.SSLContext, timeout: float) -> httpx.AsyncClient:
-    """A client holding one keep-alive connection (re-opened when the host changes)."""
+def _client(ssl_context: ssl.SSLContext, config: FetchConfig) -> httpx.AsyncClient:
+    """A client holding one keep-alive connection (re-opened when the host changes).
+
+    Unless ``config.allow_private_hosts``, it connects to public internet addresses only.
+    """
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    transport = None if config.allow_private_hosts else _PublicOnlyTransport(ssl_context, limits)
     return httpx.AsyncClient(
         headers=HEADERS,
         follow_redirects=True,
         max_redirects=MAX_REDIRECTS,
-        timeout=timeout,
-        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        timeout=config.timeout,
+        limits=limits,
         verify=ssl_context,
+        transport=transport,
     )
 
 
@@ -513,7 +646,7 @@ async def _run(
     ssl_context = httpx.create_ssl_context()  # loading CA certificates is slow: do it once
 
     async def worker(bar: tqdm) -> None:
-        async with _client(ssl_context, config.timeout) as client:
+        async with _client(ssl_context, config) as client:
             for position, (movie_id, url) in pending:  # shared iterator: each job taken once
                 results[position] = await _fetch_one(client, movie_id, url, out_dir, config, rng)
                 bar.update(1)
@@ -521,9 +654,12 @@ async def _run(
                     write_manifest(_ordered(results), manifest)
 
     with tqdm(total=len(jobs), desc="posters", unit="poster", disable=not progress) as bar:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(config.concurrency, len(jobs))):
-                group.create_task(worker(bar))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(config.concurrency, len(jobs))):
+                    group.create_task(worker(bar))
+        except* OutputError as group:  # disk full...: one clear error, not an ExceptionGroup
+            raise group.exceptions[0] from None
 
 
 def _ordered(results: dict[int, FetchResult]) -> list[FetchResult]:
