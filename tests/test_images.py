@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import io
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from posterlens import images
 from posterlens.backbones import resolve
-from posterlens.images import PosterError, load_poster
+from posterlens.images import PosterError, decode, load_poster, read_poster_bytes, to_8bit
 
 SPEC = resolve()
 
@@ -69,3 +75,121 @@ def test_decompression_bomb_is_refused(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(PosterError, match="nope.jpg: cannot read file"):
         load_poster(tmp_path / "nope.jpg", SPEC)
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def _jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 30), "red").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_fifo_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it for reading would wait for a writer forever
+    start = time.perf_counter()
+    with pytest.raises(PosterError, match=r"pipe.jpg: a FIFO \(named pipe\), not a poster file"):
+        load_poster(tmp_path / "pipe.jpg", SPEC)
+    assert time.perf_counter() - start < 1
+
+
+def test_folder_named_like_a_poster(tmp_path):
+    (tmp_path / "x.jpg").mkdir()
+    with pytest.raises(PosterError, match="x.jpg: a folder, not a poster file"):
+        read_poster_bytes(tmp_path / "x.jpg")
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_symlink_to_dev_zero(tmp_path):
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    start = time.perf_counter()
+    with pytest.raises(PosterError, match=r"zero.jpg: a character device \(symlink to /dev/zero\)"):
+        load_poster(tmp_path / "zero.jpg", SPEC)
+    assert time.perf_counter() - start < 1
+
+
+def test_symlink_loop(tmp_path):
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    with pytest.raises(PosterError, match="a.jpg: cannot read file"):
+        read_poster_bytes(tmp_path / "a.jpg")
+
+
+def test_symlink_to_a_poster_is_followed(tmp_path):
+    (tmp_path / "real.jpg").write_bytes(_jpeg())
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "real.jpg")
+    assert read_poster_bytes(tmp_path / "link.jpg") == _jpeg()
+
+
+def test_oversized_file(tmp_path, monkeypatch):
+    (tmp_path / "big.jpg").write_bytes(_jpeg() + bytes(2000))
+    with pytest.raises(PosterError, match=r"big.jpg: \d[\d,]* bytes: over the 1,000 byte limit"):
+        read_poster_bytes(tmp_path / "big.jpg", max_bytes=1000)
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 1000)  # the cap load_poster uses
+    with pytest.raises(PosterError, match="over the 1,000 byte limit"):
+        load_poster(tmp_path / "big.jpg", SPEC)
+
+
+def test_at_most_cap_plus_one_bytes_are_read(tmp_path, monkeypatch):
+    """A file that grows after the size check (or lies about its size) is still capped."""
+    path = tmp_path / "growing.jpg"
+    path.write_bytes(bytes(5000))
+    real_fstat = os.fstat
+
+    def fstat_says_empty(fd: int) -> os.stat_result:
+        info = list(real_fstat(fd))
+        info[6] = 0  # st_size
+        return os.stat_result(info)
+
+    monkeypatch.setattr(images.os, "fstat", fstat_says_empty)
+    with pytest.raises(PosterError, match="over the 100 byte limit"):
+        read_poster_bytes(path, max_bytes=100)
+
+
+def _gradient_16bit() -> np.ndarray:
+    return np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (384, 1))  # dark left, bright right
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16bit_grayscale_keeps_its_gradient(tmp_path, fmt):
+    path = tmp_path / f"gray16.{fmt.lower()}"
+    Image.fromarray(_gradient_16bit()).save(path, fmt)  # mode I;16
+    image = decode(path, path.read_bytes(), (64, 96))
+    row = np.asarray(image)[48, :, 0].astype(int)
+    assert row.min() <= 5 and row.max() >= 250  # not all white: black to white
+    assert np.all(np.diff(row) >= 0) and len(set(row)) > 40  # the gradient survives
+    expected = np.linspace(0, 255, 64)
+    assert np.abs(row - expected).max() < 8
+
+
+@pytest.mark.parametrize(
+    "array, expected",
+    [
+        (np.linspace(0, 1, 256, dtype=np.float32), (0, 255)),  # F in 0..1
+        (np.linspace(-5, 5, 256, dtype=np.float32), (0, 255)),  # F, stretched
+        (np.linspace(0, 65535, 256).astype(np.int32), (0, 255)),  # I holding 16-bit values
+        (np.linspace(0, 200, 256).astype(np.int32), (0, 200)),  # I holding 8-bit values
+    ],
+    ids=["F-unit", "F-range", "I-16bit", "I-8bit"],
+)
+def test_wide_modes_scaled_by_range(array, expected):
+    image = to_8bit(Image.fromarray(np.tile(array, (4, 1))))
+    values = np.asarray(image)[0]
+    assert image.mode == "L" and (values.min(), values.max()) == expected
+    assert np.all(np.diff(values.astype(int)) >= 0)
+
+
+def test_16bit_rgb_png_is_scaled_not_clipped(tmp_path):
+    """Pillow reads 16-bit RGB PNGs as 8-bit RGB (high bytes): check it stays that way."""
+    gray = _gradient_16bit()
+    rows = b"".join(b"\x00" + np.stack([row] * 3, -1).astype(">u2").tobytes() for row in gray)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", gray.shape[1], gray.shape[0], 16, 2, 0, 0, 0)  # 16-bit RGB
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    row = np.asarray(decode("rgb16.png", png, (64, 96)))[48, :, 1].astype(int)
+    assert row.min() <= 5 and row.max() >= 250 and np.all(np.diff(row) >= 0)
