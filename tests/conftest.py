@@ -37,17 +37,26 @@ def small_catalog(tmp_path: Path, sample_rows: pd.DataFrame) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory) -> Path:
-    """One feature cache (and ONNX export) for the whole test session."""
-    return tmp_path_factory.mktemp("cache")
+    """One feature cache (and ONNX exports) for the whole test session; also the default cache,
+    so that nothing is written to the user's home."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["POSTERLENS_CACHE"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")
-def trained_model(tmp_path_factory, shared_cache) -> Path:
-    """A model trained once on the bundled sample (holdout 20%)."""
+def trained(tmp_path_factory, shared_cache):
+    """A model trained once on the bundled sample, its 20% holdout kept out (``TrainResult``)."""
     from posterlens.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("model") / "model"
-    train(SAMPLE / "MovieGenre.csv", None, out, TrainConfig(min_genre_count=10, epochs=10), shared_cache, progress=False)
-    return out
+    config = TrainConfig(min_genre_count=10, refit=False, genre={"epochs": 10})
+    return train(SAMPLE / "MovieGenre.csv", None, out, config, shared_cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_model(trained) -> Path:
+    """The directory of ``trained``."""
+    return trained.model_dir

@@ -90,7 +90,7 @@ def test_dag_runs_end_to_end(dag_runs, sample_rows):
     out = dag_runs["out"]
     n = len(sample_rows)
     assert dag_runs["first"]["fetch"] == {"ok": n}
-    for name in ("model/config.json", "model/genre_head.safetensors", "model/score_head.safetensors",
+    for name in ("model/config.json", "model/genre_model.safetensors", "model/score_model.safetensors",
                  "report/metrics.json", "report/report.html", "predictions/predictions_score.csv",
                  "predictions/predictions_genre.csv", "predictions/predictions_final.csv", "summary.json"):
         assert (out / name).stat().st_size > 0, name

@@ -41,11 +41,47 @@ def onnx(tmp_path_factory):
     return features.make_runner(SPEC, tmp_path_factory.mktemp("onnx"), "onnx")
 
 
-def test_onnx_and_torch_give_the_same_features(posters, tmp_path, onnx):
+ENGINE_COSINE = 0.999  # the engines' embeddings of a poster agree to this cosine (bf16 OpenVINO included)
+
+
+@pytest.mark.parametrize("engine", ["torch", "openvino"])
+def test_engines_give_the_same_features(posters, tmp_path, onnx, engine):
     a = features.embed_files(posters[:4], SPEC, tmp_path / "a", runner=onnx, progress=False)
-    b = features.embed_files(posters[:4], SPEC, tmp_path / "b", engine="torch", progress=False)
-    assert a.features.shape == (4, SPEC.feature_dim)
-    assert np.allclose(a.features, b.features, atol=1e-3)
+    b = features.embed_files(posters[:4], SPEC, tmp_path / "b", engine=engine, progress=False)
+    assert a.features.shape == b.features.shape == (4, SPEC.feature_dim)
+    cosine = (a.features * b.features).sum(1) / np.linalg.norm(a.features, axis=1) / np.linalg.norm(b.features, axis=1)
+    assert (cosine > ENGINE_COSINE).all()
+    assert np.abs(a.features - b.features).max() < 0.05 * np.abs(a.features).max()
+
+
+def test_auto_engine_is_openvino_where_installed_else_onnx(monkeypatch):
+    assert features.resolve_engine("auto") == "openvino"
+    monkeypatch.setattr(features, "openvino_available", lambda: False)
+    assert features.resolve_engine("auto") == "onnx"
+    with pytest.raises(ValueError, match="unknown engine 'bogus'"):
+        features.resolve_engine("bogus")
+
+
+def test_cache_chunks_that_fail_their_checks_are_recomputed(posters, tmp_path, onnx, caplog):
+    features.embed_files(posters[:3], SPEC, tmp_path, runner=onnx, progress=False)
+    [chunk] = (tmp_path / "features" / SPEC.key).glob("*.safetensors")
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(chunk), framework="numpy") as f:
+        meta = f.metadata()
+    vectors = load_file(str(chunk))["features"]
+    vectors[1, 5] = np.nan  # a NaN with the old checksum, then a NaN with a matching one
+    save_file({"features": vectors}, str(chunk), metadata=meta)
+    counting = Counting(onnx)
+    result = features.embed_files(posters[:3], SPEC, tmp_path, runner=counting, progress=False)
+    assert counting.seen == 3 and result.ok.all() and "checksum mismatch" in caplog.text
+    for chunk in (tmp_path / "features" / SPEC.key).glob("*.safetensors"):
+        chunk.unlink()
+    features.FeatureCache(tmp_path, SPEC).add(["k1"], np.full((1, SPEC.feature_dim), np.nan, np.float32))
+    assert features.FeatureCache(tmp_path, SPEC).load() == {} and "NaN or infinite" in caplog.text
+    features.FeatureCache(tmp_path, SPEC).add(["k2", "k3"], np.zeros((2, 7), np.float32))
+    assert features.FeatureCache(tmp_path, SPEC).load() == {} and "expected (2, " in caplog.text
 
 
 def test_rerun_computes_nothing_and_a_new_poster_computes_one(posters, tmp_path, onnx):

@@ -7,7 +7,6 @@ import pytest
 from sklearn import metrics as skm
 
 from posterlens import metrics
-from posterlens.heads import tune_thresholds
 
 Y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=np.float32)
 P = np.array([[0.9, 0.2, 0.6], [0.3, 0.8, 0.1], [0.7, 0.4, 0.2], [0.1, 0.3, 0.7]], dtype=np.float32)
@@ -50,15 +49,6 @@ def test_baselines():
     assert base["top2_constant"] == metrics.genre_metrics(Y, constant, constant)
     assert base["top2_constant"]["macro_roc_auc"] == pytest.approx(0.5)
     assert base["priors"]["micro_f1"] == pytest.approx(skm.f1_score(Y, np.tile([1, 0, 1], (4, 1)), average="micro"))
-
-
-def test_thresholds_maximise_each_genres_f1():
-    y = np.array([[1], [1], [0], [1], [0], [0]], dtype=np.float32)
-    p = np.array([[0.9], [0.35], [0.4], [0.3], [0.2], [0.1]], dtype=np.float32)
-    t = tune_thresholds(y, p)
-    assert t[0] == pytest.approx(0.3)  # predicting the top 4 gives F1 6/7, the best
-    best = max(skm.f1_score(y[:, 0], p[:, 0] >= c) for c in p[:, 0])
-    assert skm.f1_score(y[:, 0], p[:, 0] >= t[0]) == pytest.approx(best)
 
 
 def test_confusions_count_missed_and_predicted_instead():

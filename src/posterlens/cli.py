@@ -6,13 +6,18 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from enum import StrEnum
+
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from posterlens.backbones import DEFAULT_BACKBONE, BackboneError
+from posterlens.backbones import DEFAULT_FEATURES, BackboneError
 from posterlens.catalog import CatalogError
+from posterlens.features import ENGINES, default_cache_dir
+from posterlens.images import PosterError
+from posterlens.safeio import OutputError
 
 app = typer.Typer(help="Read a movie from its poster: genres, IMDb-style score, similar movies.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -21,8 +26,17 @@ console = Console(stderr=True)
 CatalogOpt = typer.Option(..., "--catalog", help="MovieGenre.csv, multi-label CSV, or a folder of Title_8.8.jpg posters")
 ImagesOpt = typer.Option(None, "--images", help="folder with the posters (default: images/ next to the catalogue)")
 CacheOpt = typer.Option(None, "--cache", help="feature cache folder (default: $POSTERLENS_CACHE or ~/.cache/posterlens)")
-BackboneOpt = typer.Option(DEFAULT_BACKBONE, "--backbone", help="registered backbone or timm model name")
-WeightsOpt = typer.Option(None, "--weights", help="weights file for a backbone without offline weights")
+BackboneOpt = typer.Option(None, "--backbone", help=f"registered backbone or timm model name; repeat to concatenate "
+                           f"(default: {' + '.join(DEFAULT_FEATURES)})")
+WeightsOpt = typer.Option(None, "--weights", help="weights file for a single backbone without offline weights")
+Engine = StrEnum("Engine", ENGINES)
+ScoreMode = StrEnum("ScoreMode", ["regression", "classes"])
+EngineOpt = typer.Option(Engine.auto, "--engine", help="auto: OpenVINO where installed, else ONNX Runtime")
+
+
+def _backbones(names: Optional[list[str]]) -> list[str]:
+    """``--backbone`` values (repeated, or joined by '+'), or the default features."""
+    return [n for name in names for n in name.split("+") if n] if names else list(DEFAULT_FEATURES)
 
 
 @app.callback()
@@ -33,6 +47,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="more log o
 
 
 def _fail(err: Exception) -> None:
+    """One line, exit code 2: bad input, named."""
     console.print(f"[red]error:[/red] {err}")
     raise typer.Exit(code=2)
 
@@ -41,22 +56,24 @@ def _fail(err: Exception) -> None:
 def embed(
     catalog: Path = CatalogOpt,
     images: Optional[Path] = ImagesOpt,
-    backbone: str = BackboneOpt,
+    backbone: Optional[list[str]] = BackboneOpt,
     weights: Optional[Path] = WeightsOpt,
     cache: Optional[Path] = CacheOpt,
-    engine: str = typer.Option("onnx", help="onnx (fast on CPU) or torch"),
-    batch_size: int = typer.Option(32, help="posters per forward pass"),
+    engine: Engine = EngineOpt,
+    batch_size: int = typer.Option(8, min=1, max=1024, help="posters per forward pass"),
 ) -> None:
-    """Embed every poster of a catalogue with a pretrained backbone (cached on disk)."""
-    from posterlens import backbones, catalog as catalogs, features
+    """Embed every poster of a catalogue with pretrained backbones (cached on disk)."""
+    from posterlens import catalog as catalogs, features
+    from posterlens.train import TrainConfig, TrainError
 
+    cache = cache or default_cache_dir()
     try:
         table = catalogs.read_catalog(catalog, images)
-        spec = backbones.resolve(backbone, weights)
-        result = features.embed_files(table["path"].tolist(), spec, cache, engine=engine, batch_size=batch_size)
-    except (CatalogError, BackboneError) as err:
+        spec = TrainConfig(backbones=_backbones(backbone), weights=str(weights) if weights else None).feature_spec()
+        result = features.embed(table["path"].tolist(), spec, cache, engine=engine.value, batch_size=batch_size)
+    except (CatalogError, BackboneError, TrainError, OutputError) as err:
         _fail(err)
-    summary = Table(title=f"embeddings: {spec.name} ({spec.width}x{spec.height}, {spec.feature_dim} dims)")
+    summary = Table(title=f"embeddings: {spec.name} ({spec.feature_dim} dims)")
     for column in ("posters", "computed", "from cache", "failed", "seconds", "posters/s"):
         summary.add_column(column, justify="right")
     summary.add_row(str(len(table)), str(result.computed), str(result.cached), str(len(result.errors)),
@@ -75,6 +92,8 @@ def fetch(
     limit: Optional[int] = typer.Option(None, help="at most this many posters (after --sample)"),
     sample: Optional[str] = typer.Option(None, help="per-genre:K or random:N"),
     seed: int = typer.Option(42, help="seed for --sample"),
+    allow_private_hosts: bool = typer.Option(False, "--allow-private-hosts",
+                                             help="also download from loopback and private addresses"),
 ) -> None:
     """Download the catalogue's posters: concurrent, validated, resumable (manifest.csv)."""
     from posterlens import catalog as catalogs
@@ -82,9 +101,10 @@ def fetch(
 
     try:
         table = catalogs.read_catalog(catalog, out, require_posters=False)
-        config = FetchConfig(concurrency=concurrency, retries=retries, timeout=timeout, max_bytes=max_bytes)
+        config = FetchConfig(concurrency=concurrency, retries=retries, timeout=timeout, max_bytes=max_bytes,
+                             allow_private_hosts=allow_private_hosts)
         summary = fetch_posters(select(table, limit, sample, seed), out, config)
-    except (CatalogError, ValueError) as err:
+    except (CatalogError, OutputError, ValueError) as err:
         _fail(err)
     view = Table(title=f"fetch: {out}")
     view.add_column("status")
@@ -101,41 +121,52 @@ def fetch(
 def train(
     catalog: Path = CatalogOpt,
     images: Optional[Path] = ImagesOpt,
-    out: Path = typer.Option(..., "--out", help="model directory to write"),
-    backbone: str = BackboneOpt,
+    out: Path = typer.Option(..., "--out", help="model directory to write (replaced only once the new one is complete)"),
+    backbone: Optional[list[str]] = BackboneOpt,
     weights: Optional[Path] = WeightsOpt,
-    epochs: int = typer.Option(20, help="fit_one_cycle epochs of the fastai heads"),
-    folds: int = typer.Option(0, help="K-fold cross-validation (mean ± std), then a final fit on all posters"),
-    holdout: float = typer.Option(0.2, help="share held out for evaluation when --folds is 0"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="fit_one_cycle epochs of the genre network (default: GenreClassifier's)"),
+    folds: int = typer.Option(0, min=0, help="K-fold cross-validation (mean ± std) instead of one holdout"),
+    holdout: float = typer.Option(0.2, min=0.0, max=0.95, help="share held out for validation when --folds is 0"),
+    refit: bool = typer.Option(True, "--refit/--no-refit", help="after validating, refit on every poster (--no-refit keeps the holdout out)"),
     seed: int = typer.Option(42, help="random seed for splits and training"),
-    score_mode: str = typer.Option("regression", help="regression, or classes (each distinct score a class)"),
-    min_genre_count: int = typer.Option(20, help="leave out genres with fewer training posters"),
+    score_mode: ScoreMode = typer.Option(ScoreMode.regression, help="regression, or classes (each distinct score a class)"),
+    min_genre_count: int = typer.Option(20, min=1, help="leave out genres with fewer training posters"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Train the genre and score models on poster embeddings and write a model directory."""
+    from posterlens.model import ModelError
     from posterlens.train import TrainConfig, TrainError, train as run
 
+    cache = cache or default_cache_dir()
     try:
-        config = TrainConfig(backbone=backbone, weights=str(weights) if weights else None, epochs=epochs, folds=folds,
-                             holdout=holdout, seed=seed, score_mode=score_mode, min_genre_count=min_genre_count)
+        config = TrainConfig(backbones=_backbones(backbone), weights=str(weights) if weights else None, folds=folds,
+                             holdout=holdout, refit=refit, seed=seed, score_mode=score_mode.value,
+                             min_genre_count=min_genre_count, genre={"epochs": epochs} if epochs else {})
         result = run(catalog, images, out, config, cache)
-    except (CatalogError, BackboneError, TrainError) as err:
+    except (CatalogError, BackboneError, TrainError, ModelError, OutputError) as err:
         _fail(err)
     model = result.model
     console.print(f"model: [bold]{out}[/bold] ({len(model.genres)} genres, score: {model.score_mode}, "
-                  f"trained on {model.info['n_train']} posters, {len(model.info['holdout_ids'])} held out)")
+                  f"trained on {model.info['n_train']} posters; validated on {model.info['evaluated_on']})")
     console.print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
-    if result.cv:
-        _print_cv(result.cv, folds)
+    if result.validation:
+        _print_validation(result.validation)
 
 
-def _print_cv(cv: dict, folds: int) -> None:
-    table = Table(title=f"{folds}-fold cross-validation (mean ± std)")
+def _print_validation(validation: dict) -> None:
+    """Headline figures: mean ± std for cross-validation, one value for a holdout."""
+    def show(value) -> str:
+        return f"{value['mean']:.3f} ± {value['std']:.3f}" if isinstance(value, dict) else f"{value:.3f}"
+
+    table = Table(title=f"validation: {validation['method']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for group, values in cv.items():
-        for name, stat in values.items():
-            table.add_row(f"{group}.{name}", f"{stat['mean']:.4f} ± {stat['std']:.4f}")
+    for group, names in (("genre", ("macro_map", "macro_f1", "micro_f1", "samples_f1", "macro_roc_auc",
+                                    "genres_per_poster", "true_genres_per_poster")),
+                         ("score", ("mae", "baseline_mae", "spearman"))):
+        for name in names:
+            if name in (validation.get(group) or {}):
+                table.add_row(f"{group} {name}", show(validation[group][name]))
     Console().print(table)
 
 
@@ -151,9 +182,10 @@ def evaluate(
     from posterlens.evaluate import EvaluationError, evaluate as run
     from posterlens.model import ModelError
 
+    cache = cache or default_cache_dir()
     try:
         result = run(model, catalog, images, out, cache)
-    except (CatalogError, ModelError, EvaluationError) as err:
+    except (CatalogError, ModelError, EvaluationError, OutputError) as err:
         _fail(err)
     _print_metrics(result.metrics)
     console.print(f"report: [bold]{result.report}[/bold]")
@@ -185,14 +217,15 @@ def predict(
     images: Optional[Path] = typer.Option(None, "--images", help="folder of posters (all files), or with --catalog"),
     catalog: Optional[Path] = typer.Option(None, "--catalog", help="predict the catalogue's posters"),
     out: Path = typer.Option(..., "--out", help="folder for the prediction CSV files"),
-    tta: bool = typer.Option(False, "--tta", help="average each poster with its mirror image"),
-    similar: int = typer.Option(0, "--similar", help="add the K most similar training movies"),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="average each poster with its mirror image"),
+    similar: int = typer.Option(0, "--similar", min=0, max=1000, help="add the K most similar training movies"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Predict genres and score for many posters: predictions_{score,genre,final}.csv and errors.csv."""
     from posterlens import catalog as catalogs, predict as predicting
     from posterlens.model import ModelError
 
+    cache = cache or default_cache_dir()
     try:
         if catalog is not None:
             poster_files = catalogs.read_catalog(catalog, images)["path"].tolist()
@@ -204,13 +237,15 @@ def predict(
             raise typer.BadParameter("give poster FILEs, --images DIR or --catalog CSV")
         predictor = predicting.load(model, cache)
         result = predictor.predict(poster_files, tta=tta, similar=similar, progress=True)
-    except (CatalogError, ModelError, FileNotFoundError) as err:
+        written = predicting.write(result, out)
+    except (CatalogError, ModelError, FileNotFoundError, OutputError) as err:
         _fail(err)
-    written = predicting.write(result, out)
     if len(result.table) <= SUMMARY_ROWS:
         _print_predictions(result.table)
     console.print(f"{len(result.table)} posters predicted, {len(result.errors)} could not be read "
                   f"-> {', '.join(str(p) for p in written.values())}")
+    if result.table.empty:
+        raise typer.Exit(code=1)
 
 
 def _print_predictions(table) -> None:
@@ -228,16 +263,16 @@ def _print_predictions(table) -> None:
 def similar(
     model: Path = ModelOpt,
     image: Path = typer.Option(..., "--image", help="a poster file"),
-    k: int = typer.Option(10, "--k", help="how many similar movies"),
+    k: int = typer.Option(10, "--k", min=1, max=1000, help="how many similar movies"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write them to this CSV file"),
+    cache: Optional[Path] = CacheOpt,
 ) -> None:
     """The training movies whose posters are most similar (genre space, cosine)."""
     from posterlens import predict as predicting
-    from posterlens.images import PosterError
     from posterlens.model import ModelError
 
     try:
-        found = predicting.load(model).similar(image, k)
+        found = predicting.load(model, cache or default_cache_dir()).similar(image, k)
     except (ModelError, PosterError) as err:
         _fail(err)
     view = Table(title=f"Movies similar to {image.name}")
@@ -247,8 +282,13 @@ def similar(
         view.add_row(row.title, row.genres, f"{row.score:.1f}", f"{row.similarity:.3f}")
     Console().print(view)
     if out:
+        from posterlens import safeio
+
         out.parent.mkdir(parents=True, exist_ok=True)
-        found.to_csv(out, index=False)
+        try:
+            safeio.write_csv(found, out)
+        except OutputError as err:
+            _fail(err)
 
 
 def _size(text: Optional[str]) -> Optional[tuple[int, int]]:
@@ -276,7 +316,8 @@ def compare(
     from posterlens.compare import compare as run
 
     try:
-        table = run(catalog, images, out, models=models, epochs=epochs, image_size=_size(image_size), quick=quick, cache=cache)
+        table = run(catalog, images, out, models=models, epochs=epochs, image_size=_size(image_size), quick=quick,
+                    cache=cache or default_cache_dir())
     except (CatalogError, BackboneError, ValueError) as err:
         _fail(err)
     Console().print(table.to_string(index=False))
@@ -291,7 +332,7 @@ def demo(
     """Run the main job on the bundled sample posters."""
     from posterlens import pipeline
 
-    pipeline.demo(out, cache)
+    pipeline.demo(out, cache or default_cache_dir())
 
 
 if __name__ == "__main__":

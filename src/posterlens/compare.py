@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from posterlens import backbones, catalog, features, metrics, train  # before fastai (imported where used)
-from posterlens.heads import save_arrays, tune_thresholds
+from posterlens.heads import GenreClassifier, LabelRule, save_arrays
 from posterlens.images import PosterError, decode
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ INFER_BATCH = 32
 SCRATCH_INPUT = {"cnn": (128, 192), "mlp": (48, 72)}  # width, height
 QUICK_FINETUNE_INPUT = (112, 160)
 PIXELS_01 = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # cnn and mlp: pixels scaled to 0..1, as in the original
-DEFAULT_EPOCHS = {"head": 20, "finetune": 1, "cnn": 6, "mlp": 10}  # finetune: unfrozen epochs after 1 frozen
+DEFAULT_EPOCHS = {"head": GenreClassifier().epochs, "finetune": 1, "cnn": 6, "mlp": 10}  # finetune: unfrozen epochs after 1 frozen
 QUICK_MODELS = ["head:efficientnet_lite0", "head:mobilenet_v2", "finetune:efficientnet_lite0", "cnn", "mlp"]
 METRICS = ["macro_map", "macro_f1", "micro_f1", "binary_accuracy", "hamming_loss"]
 COLUMNS = ["model", "parameters", "size_mb", "train_s_per_epoch", "infer_ms_per_poster", *METRICS,
@@ -169,9 +169,9 @@ class Row:
         return {c: fields[c] if c in fields else self.scores[c] for c in COLUMNS}
 
 
-def scores(Y: np.ndarray, P: np.ndarray, thresholds: np.ndarray) -> dict[str, float]:
-    """Test-set metrics, labels from the per-genre thresholds."""
-    return metrics.genre_metrics(Y, P, (P >= thresholds).astype(np.float32))
+def scores(Y: np.ndarray, P: np.ndarray, L: np.ndarray) -> dict[str, float]:
+    """Test-set metrics: ranking ones from the probabilities ``P``, set ones from the labels ``L``."""
+    return metrics.genre_metrics(Y, P, L)
 
 
 def state_size_mb(arrays: dict[str, np.ndarray]) -> float:
@@ -202,34 +202,35 @@ def inference_ms(predict: Callable[[list[str]], np.ndarray], paths: list[str]) -
 # --- heads on frozen embeddings --------------------------------------------------------------
 
 def run_head(backbone: backbones.Backbone, split: Split, epochs: int, cache: Path, seed: int, progress: bool) -> Row:
-    """The default genre head on cached embeddings, fitted by ``train.fit_models``."""
+    """The genre model on cached embeddings, fitted by ``train.fit_models`` (the one way to train)."""
     start = time.perf_counter()
-    emb = features.embed_files(split.paths, backbone, cache, progress=progress)
+    spec = features.FeatureSpec((backbone,))
+    emb = features.embed(split.paths, spec, cache, progress=progress)
     if not emb.ok.all():
         raise CompareError(f"{backbone.name}: {(~emb.ok).sum()} poster(s) could not be embedded")
     embed_s = time.perf_counter() - start
     data = train.Dataset(split.table, emb.features, emb.keys)
-    config = train.TrainConfig(backbone=backbone.name, epochs=epochs, seed=seed)
+    config = train.TrainConfig(backbones=[backbone.name], genre={"epochs": epochs}, seed=seed)
     start = time.perf_counter()
-    model = train.fit_models(data, split.train, split.genres, backbone, config)
+    model = train.fit_models(data, split.train, split.genres, spec, config)
     fit_s = time.perf_counter() - start
     P = model.genre_proba(data.X[split.test])
-    runner = features.make_runner(backbone, cache)
+    runners = [features.make_runner(backbone, cache)]
 
     def predict(paths: list[str]) -> np.ndarray:
-        fresh = features.embed_files(paths, backbone, cache, batch_size=INFER_BATCH, progress=False,
-                                     runner=runner, use_cache=False)
+        fresh = features.embed(paths, spec, cache, batch_size=INFER_BATCH, progress=False, runners=runners,
+                               use_cache=False)
         return model.genre_proba(fresh.features)
 
-    head = model.genre_head
+    head = model.genre_model
     backbone_params = count_parameters(backbones.create_model(backbone))
     return Row(
-        model=f"head:{backbone.name}", scores=scores(split.Y[split.test], P, model.thresholds),
-        parameters=count_parameters(head.module_), size_mb=state_size_mb(head.arrays()),
+        model=f"head:{backbone.name}", scores=scores(split.Y[split.test], P, model.genre_labels(P)),
+        parameters=count_parameters(head.module_), size_mb=state_size_mb(head.to_arrays()),
         train_s_per_epoch=fit_s / epochs, infer_ms_per_poster=inference_ms(predict, _test_paths(split)),
         epochs=str(epochs), input=f"{backbone.width}x{backbone.height}",
         notes=(f"head only; frozen shared backbone {backbone_params / 1e6:.1f}M params; embeddings "
-               + (f"computed in {embed_s:.0f} s" if emb.computed else "from cache") + "; thresholds: out-of-fold"),
+               + (f"computed in {embed_s:.0f} s" if emb.computed else "from cache") + "; label rule: out-of-fold"),
     )
 
 
@@ -429,7 +430,7 @@ def run_pixels(name: str, net: nn.Module, recipe: Recipe, pixels: PosterPixels, 
     """Train a from-pixels model, tune its thresholds on the validation part, score it on the test part."""
     X = pixels.at(recipe.size)
     fitted = fit_pixels(net, X, split, recipe, seed, progress, finetune)
-    thresholds = tune_thresholds(split.Y[split.valid], predict_pixels(net, X[split.valid], recipe))
+    rule = LabelRule().fit(split.Y[split.valid], predict_pixels(net, X[split.valid], recipe))
     P = predict_pixels(net, X[split.test], recipe)
 
     def predict(paths: list[str]) -> np.ndarray:  # from files: decode, normalise, forward
@@ -438,12 +439,12 @@ def run_pixels(name: str, net: nn.Module, recipe: Recipe, pixels: PosterPixels, 
     epochs = "+".join(str(n) for n in fitted.epochs_run)
     planned = f"{recipe.head_epochs}+{recipe.epochs}" if finetune else str(recipe.epochs)
     return Row(
-        model=name, scores=scores(split.Y[split.test], P, thresholds),
+        model=name, scores=scores(split.Y[split.test], P, rule.predict(P)),
         parameters=count_parameters(net), size_mb=state_size_mb(module_arrays(net)),
         train_s_per_epoch=fitted.seconds / max(1, sum(fitted.epochs_run)),
         infer_ms_per_poster=inference_ms(predict, _test_paths(split)),
         epochs=epochs if epochs == planned else f"{epochs} of {planned} (early stop)", input=recipe.input,
-        notes=f"{notes}; thresholds: validation part",
+        notes=f"{notes}; label rule: validation part",
     )
 
 
@@ -520,14 +521,14 @@ def describe(split: Split, catalog_path: Path, quick: bool, seed: int, models: l
         f"- Data: `{catalog_path}`, {len(split.table)} readable posters" + (" (quick: a seeded sample)" if quick else "")
         + f"; {len(split.genres)} genres with at least {QUICK_MIN_GENRE_COUNT if quick else MIN_GENRE_COUNT} posters.",
         f"- One split for every model: `train.holdout_split` (multi-label stratified, {HOLDOUT:.0%} test, seed {seed}): "
-        f"{len(split.train)} training / {len(split.test)} test posters. Heads fit on the whole training part and take "
-        f"their thresholds from 5-fold out-of-fold predictions. From-pixels models hold out {VALID:.0%} of the training "
-        f"part ({len(split.valid)} posters) for validation: early stopping, best checkpoint and per-genre thresholds "
-        "(`heads.tune_thresholds`).",
+        f"{len(split.train)} training / {len(split.test)} test posters. Heads are `GenreClassifier`s fit on the whole training part; "
+        f"their calibration and label rule come from {GenreClassifier().calibration_folds}-fold out-of-fold predictions. "
+        f"From-pixels models hold out {VALID:.0%} of the training part ({len(split.valid)} posters) for validation: early "
+        "stopping, best checkpoint and the label rule (`heads.LabelRule`).",
         "- Heads share a frozen backbone, so their parameters and size_mb count the genre head only (the backbone's "
         "parameters are in the notes).",
-        f"- Epochs: heads {n['head']} (`fit_one_cycle`; each run fits 5 out-of-fold heads, the final head and the score "
-        f"head, all in train_s_per_epoch); finetune 1 epoch with the body frozen, then at most {n['finetune']} unfrozen "
+        f"- Epochs: heads {n['head']} (`fit_one_cycle`; each run fits {GenreClassifier().calibration_folds} out-of-fold "
+        "heads, the final head and the score model, all in train_s_per_epoch); finetune 1 epoch with the body frozen, then at most {n['finetune']} unfrozen "
         "(`fit_one_cycle`, discriminative learning rates, `EarlyStoppingCallback` patience 2, `SaveModelCallback`); "
         f"cnn at most {n['cnn']} and mlp at most {n['mlp']} (`fit` with `ReduceLROnPlateau`, `EarlyStoppingCallback` "
         "patience 3, `SaveModelCallback`, all on valid_loss). The epochs column shows what ran.",
@@ -538,7 +539,7 @@ def describe(split: Split, catalog_path: Path, quick: bool, seed: int, models: l
         "on tensors: horizontal flip, random crop (zoom up to 1.18x), brightness ±10%.",
         f"- Timings on {device}: train_s_per_epoch is the fit's wall time (validation included) over the epochs run; "
         f"infer_ms_per_poster goes from image file to probabilities in batches of {INFER_BATCH} on up to "
-        f"{INFER_POSTERS} test posters, without the feature cache (heads: ONNX backbone + head). size_mb: the model's "
+        f"{INFER_POSTERS} test posters, without the feature cache (heads: the default engine's backbone + head). size_mb: the model's "
         "state as safetensors.",
         f"- Whole comparison: {seconds / 60:.1f} min. CLI equivalent: `posterlens compare --catalog {catalog_path} --out DIR{args}`",
     ]
@@ -572,15 +573,15 @@ def write_outputs(frame: pd.DataFrame, notes: list[str], out: Path) -> None:
     plot(frame, out / "compare.png")
 
 
-def compare(catalog_path: Path, images: Path | None, out: Path, models: list[str] | None = None, epochs: int | None = None,
-            image_size: tuple[int, int] | None = None, quick: bool = False, cache: Path | None = None,
+def compare(catalog_path: Path, images: Path | None, out: Path, *, cache: Path, models: list[str] | None = None,
+            epochs: int | None = None, image_size: tuple[int, int] | None = None, quick: bool = False,
             seed: int = 42, progress: bool = True) -> pd.DataFrame:
     """Train and score every model on one shared split; write compare.csv/.md/.png to ``out``."""
     start = time.perf_counter()
     names = list(models or (QUICK_MODELS if quick else default_models()))
     for name in names:
         parse_model(name)  # fail before any work on a bad name
-    cache = Path(cache) if cache else features.default_cache_dir()
+    cache = Path(cache)
     split = prepare(Path(catalog_path), images, quick, seed)
     pixels = PosterPixels(split.paths)
     rows = [run_model(name, split, pixels, epochs, image_size, quick, cache, seed, progress) for name in names]

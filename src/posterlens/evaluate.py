@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from posterlens import catalog, metrics, report, similar
+from posterlens import catalog, metrics, report, safeio, similar
 from posterlens.model import PosterModel, load
 from posterlens.train import CURVES_FILE, TRAINING_SET_FILE, Dataset, load_dataset
 
@@ -35,21 +34,26 @@ def unseen(data: Dataset, model_dir: Path) -> np.ndarray:
 
 def training_priors(model: PosterModel) -> np.ndarray:
     counts = model.info["train_genre_counts"]
-    return np.array([counts[g] for g in model.genres], dtype=np.float64) / model.info["n_train"]
+    return np.array([counts[g] for g in model.genres], dtype=np.float64) / model.info["n_train_genres"]
 
 
 def compute(model: PosterModel, data: Dataset) -> tuple[dict, dict]:
-    """Metrics of ``model`` on every poster of ``data``; also returns the raw arrays."""
+    """Metrics of ``model`` on the posters of ``data`` (genre metrics on those with genres); also the raw arrays."""
+    labelled = np.array([len(g) > 0 for g in data.table["genres"]])
+    if not labelled.any():
+        raise EvaluationError("none of the unseen posters has genres to evaluate the genre model on")
     Y = catalog.genre_matrix(data.table, model.genres)
     P = model.genre_proba(data.X)
     L = model.genre_labels(P)
-    genre = metrics.genre_metrics(Y, P, L)
-    genre["baselines"] = metrics.genre_baselines(training_priors(model), Y)
+    genre = metrics.genre_metrics(Y[labelled], P[labelled], L[labelled])
+    genre["genres_per_poster"] = float(L[labelled].sum(axis=1).mean())
+    genre["true_genres_per_poster"] = float(Y[labelled].sum(axis=1).mean())
+    genre["baselines"] = metrics.genre_baselines(training_priors(model), Y[labelled])
     result = {"n_posters": int(len(Y)), "n_genres": len(model.genres), "genre": genre, "score": None}
     scores = data.table["score"].to_numpy(dtype=float)
     predicted = model.score(data.X)
     has = ~np.isnan(scores)
-    if model.score_head is not None and has.sum() > 1:
+    if model.score_model is not None and has.sum() > 1:
         result["score"] = {"mode": model.score_mode,
                            **metrics.score_metrics(scores[has], predicted[has], model.info["train_score_mean"])}
     return result, {"Y": Y, "P": P, "L": L, "scores": scores, "predicted": predicted}
@@ -67,11 +71,11 @@ def similar_quality(model_dir: Path, model: PosterModel, data: Dataset, P: np.nd
 
 
 def evaluate(model_dir: Path, catalog_path: Path, images: Path | None, out: Path,
-             cache: Path | None = None, progress: bool = True, grid: int = 12) -> Evaluation:
+             cache: Path, progress: bool = True, grid: int = 12) -> Evaluation:
     """Write ``metrics.json``, ``per_genre.csv``, ``confusions.csv``, figures and ``report.html``."""
     model_dir = Path(model_dir)
     model = load(model_dir)
-    data = load_dataset(catalog_path, images, model.backbone, cache, progress)
+    data = load_dataset(catalog_path, images, model.features, cache, progress)
     fresh = unseen(data, model_dir)
     if not fresh.any():
         raise EvaluationError(f"{catalog_path}: all {len(fresh)} posters were used to train {model_dir}; "
@@ -88,8 +92,8 @@ def evaluate(model_dir: Path, catalog_path: Path, images: Path | None, out: Path
         "reliability": metrics.reliability_table(arrays["Y"], arrays["P"]),
     }
     for name, table in tables.items():
-        table.to_csv(out / f"{name}.csv", index=False)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        safeio.write_csv(table, out / f"{name}.csv")
+    safeio.write_json(out / "metrics.json", result)
     figures = make_figures(model, model_dir, data, arrays, tables, out, grid)
     page = report.write_html(out, result, tables["per_genre"], tables["confusions"], figures)
     return Evaluation(result, page)
@@ -104,7 +108,7 @@ def make_figures(model: PosterModel, model_dir: Path, data: Dataset, arrays: dic
     figures.append(report.plot_reliability(tables["reliability"], out / "reliability.png"))
     figures.append(report.plot_per_genre(tables["per_genre"], out / "per_genre.png"))
     has = ~np.isnan(arrays["scores"])
-    if model.score_head is not None and has.any():
+    if model.score_model is not None and has.any():
         figures.append(report.plot_scores(arrays["scores"][has], arrays["predicted"][has], out / "scores.png"))
     figures.append(report.plot_genre_distribution(model.info["train_genre_counts"], model.info["n_train"],
                                                   out / "genre_distribution.png"))

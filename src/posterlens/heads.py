@@ -1,31 +1,37 @@
-"""Genre and score predictors on poster embeddings, with the scikit-learn estimator contract.
+"""Genre and score estimators on poster embeddings, with the scikit-learn contract.
 
-Hyperparameters are set in ``__init__``; what is learned ends in ``_``; ``fit`` returns
-``self``. Each predictor can write its learned arrays to a flat dict of numpy arrays
-(``arrays()``) and be rebuilt from one (``from_arrays``), so model files are safetensors
-and loading never unpickles.
+Hyper-parameters are set in ``__init__`` and nowhere else (``get_params``/``clone`` work);
+what is learned ends in ``_``; ``fit`` returns ``self``. Every estimator writes what it
+learned to a flat dict of numpy arrays (``to_arrays``) and is rebuilt from one plus its
+parameters (``from_arrays``), so model files are safetensors and loading never unpickles.
 
-- ``GenreHead``: a linear layer (or one hidden layer with dropout) trained with fastai's
-  ``Learner.fit_one_cycle`` and a multi-label BCE loss, on standardised embeddings.
-- ``ScoreRegressor``: RBF kernel ridge regression on a PCA projection of the embeddings.
+- ``GenreClassifier`` owns the whole genre chain: standardise -> a linear layer (or one
+  hidden layer) trained with fastai's ``fit_one_cycle`` -> per-genre Platt calibration on
+  out-of-fold logits -> the label rule (``LabelRule``), tuned on the same out-of-fold
+  probabilities. ``predict_proba`` gives calibrated probabilities, ``predict`` 0/1 labels.
+- ``ScoreRegressor``: a scikit-learn ``Pipeline`` (standardise -> PCA -> Nystroem RBF
+  features -> ridge): memory and time grow linearly with the number of posters.
 - ``ScoreClassifier``: the original design, each distinct score a class (fastai, cross-entropy).
 """
 
 from __future__ import annotations
 
+import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-from posterlens import _compat  # noqa: F401  (before fastai)
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 
 
 def _standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
+    mean = X.mean(axis=0, dtype=np.float64)
+    std = X.std(axis=0, dtype=np.float64)
     return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 @dataclass
@@ -35,15 +41,12 @@ class FitLog:
     rows: list[dict]
 
 
-def _mlp(n_in: int, n_out: int, hidden: int, dropout: float, input_dropout: float):
+def _mlp(n_in: int, n_out: int, hidden: int, dropout: float):
     from torch import nn
 
-    layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout else []
-    if hidden:
-        layers += [nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out)]
-    else:
-        layers += [nn.Linear(n_in, n_out)]
-    return nn.Sequential(*layers)
+    if not hidden:
+        return nn.Sequential(nn.Linear(n_in, n_out))
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
 
 
 def _batches(X: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool):
@@ -78,8 +81,11 @@ def _torch_threads(n: int):
 
 def fit_module(module, X: np.ndarray, y: np.ndarray, loss_func, epochs: int, lr: float, wd: float,
                batch_size: int = 256, seed: int = 42, valid: tuple[np.ndarray, np.ndarray] | None = None,
-               cbs: list | None = None, threads: int = 1) -> FitLog:
+               threads: int = 1) -> FitLog:
     """Train ``module`` on (X, y) with fastai's ``Learner.fit_one_cycle``; returns the curve."""
+    from posterlens import _compat
+
+    _compat.ensure_torchvision()  # fastai imports torchvision
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner
@@ -89,58 +95,139 @@ def fit_module(module, X: np.ndarray, y: np.ndarray, loss_func, epochs: int, lr:
     valid = valid if valid is not None else (X[:batch_size], y[:batch_size])
     dls = DataLoaders(_batches(X, y, batch_size, shuffle=True), _batches(*valid, batch_size, shuffle=False),
                       device=default_device())
-    learn = Learner(dls, module, loss_func=loss_func, wd=wd, cbs=cbs or [])
+    learn = Learner(dls, module, loss_func=loss_func, wd=wd)
     with learn.no_bar(), learn.no_logging(), _torch_threads(threads):
         learn.fit_one_cycle(epochs, lr)
     rows = [{"epoch": i, "train_loss": float(v[0]), "valid_loss": float(v[1])}
             for i, v in enumerate(learn.recorder.values)]
     module.eval()
+    del learn, dls  # fastai keeps reference cycles: free the fold's copies now, not at the next gc
+    gc.collect()
     return FitLog(rows)
 
 
-class GenreHead:
-    """Multi-label genre classifier: standardise, then linear (or one hidden layer)."""
+def _module_arrays(module) -> dict[str, np.ndarray]:
+    return {f"module.{k}": v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
-    def __init__(self, hidden: int = 0, dropout: float = 0.5, input_dropout: float = 0.0,
-                 epochs: int = 20, lr: float = 3e-3, wd: float = 1.0, pos_weight: bool = False,
-                 batch_size: int = 256, seed: int = 42):
-        self.hidden, self.dropout, self.input_dropout = hidden, dropout, input_dropout
-        self.epochs, self.lr, self.wd, self.pos_weight = epochs, lr, wd, pos_weight
-        self.batch_size, self.seed = batch_size, seed
 
-    def params(self) -> dict:
-        return dict(hidden=self.hidden, dropout=self.dropout, input_dropout=self.input_dropout,
-                    epochs=self.epochs, lr=self.lr, wd=self.wd, pos_weight=self.pos_weight,
-                    batch_size=self.batch_size, seed=self.seed)
+def _load_module(module, arrays: dict[str, np.ndarray]):
+    import torch
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, valid: tuple[np.ndarray, np.ndarray] | None = None) -> "GenreHead":
+    module.load_state_dict({k[len("module."):]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("module.")})
+    return module.eval()
+
+
+def _forward(module, X: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode(), _torch_threads(1):
+        return module(torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32))).numpy()
+
+
+# --- the label rule ------------------------------------------------------------------------------
+
+class LabelRule:
+    """Probabilities -> genres for the poster as a whole.
+
+    Each genre has a threshold: the cut that maximises that genre's F1 on out-of-fold
+    probabilities. A poster gets the genres over their threshold, at most ``max_labels``
+    of them, and always at least its top genre. Genres are ranked by
+    ``p / threshold ** rank_power``: 0 ranks by probability (common genres first), 1 by
+    how far each genre clears its own bar (rare genres first); 0.5 sits between.
+    """
+
+    def __init__(self, max_labels: int = 4, rank_power: float = 0.5):
+        self.max_labels, self.rank_power = max_labels, rank_power
+
+    @staticmethod
+    def f1_thresholds(Y: np.ndarray, P: np.ndarray) -> np.ndarray:
+        """Per genre, the probability threshold that maximises that genre's F1 on (Y, P)."""
+        from sklearn.metrics import precision_recall_curve
+
+        thresholds = np.full(Y.shape[1], 0.5, dtype=np.float32)
+        for j in range(Y.shape[1]):
+            if Y[:, j].sum() == 0:
+                continue
+            precision, recall, cut = precision_recall_curve(Y[:, j], P[:, j])
+            f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+            thresholds[j] = cut[int(np.argmax(f1[:-1]))]
+        return thresholds
+
+    def fit(self, Y: np.ndarray, P: np.ndarray) -> "LabelRule":
+        self.thresholds_ = np.clip(self.f1_thresholds(Y, P), 1e-4, 1.0).astype(np.float32)
+        return self
+
+    def predict(self, P: np.ndarray) -> np.ndarray:
+        """0/1 labels: over threshold, at most ``max_labels``, never none."""
+        priority = P / self.thresholds_ ** self.rank_power
+        rank = np.argsort(np.argsort(-priority, axis=1), axis=1)
+        labels = ((P >= self.thresholds_) & (rank < self.max_labels)) | (rank == 0)
+        return labels.astype(np.float32)
+
+
+# --- genres ---------------------------------------------------------------------------------------
+
+class GenreClassifier(ClassifierMixin, BaseEstimator):
+    """Multi-label genre classifier that owns its chain: standardise -> network -> calibration -> labels.
+
+    ``fit(X, Y)`` takes embeddings and a 0/1 genre matrix. The network is a linear layer
+    (``hidden=0``) or one hidden layer, trained with BCE (square-root positive-class
+    weights with ``pos_weight``) by fastai's ``fit_one_cycle``. ``calibration_folds``
+    networks trained on the other folds give out-of-fold logits for every poster: a
+    per-genre ``sigmoid(a * z + b)`` (Platt) is fitted on them, and then the label rule
+    (``LabelRule(max_labels, rank_power)``) on the calibrated out-of-fold probabilities.
+    The network that predicts is the one trained on all of ``X``.
+    """
+
+    def __init__(self, hidden: int = 0, dropout: float = 0.5, epochs: int = 20, lr: float = 3e-3,
+                 wd: float = 30.0, pos_weight: bool = True, batch_size: int = 256, calibration_folds: int = 5,
+                 max_labels: int = 4, rank_power: float = 0.5, seed: int = 42):
+        self.hidden, self.dropout, self.epochs, self.lr, self.wd = hidden, dropout, epochs, lr, wd
+        self.pos_weight, self.batch_size, self.calibration_folds = pos_weight, batch_size, calibration_folds
+        self.max_labels, self.rank_power, self.seed = max_labels, rank_power, seed
+
+    # the network alone
+    def _fit_network(self, X: np.ndarray, Y: np.ndarray, valid: tuple[np.ndarray, np.ndarray] | None = None):
         import torch
         from torch import nn
 
-        self.mean_, self.std_ = _standardiser(X)
-        self.module_ = _mlp(X.shape[1], Y.shape[1], self.hidden, self.dropout, self.input_dropout)
+        mean, std = _standardiser(X)
+        module = _mlp(X.shape[1], Y.shape[1], self.hidden, self.dropout)
         weight = None
         if self.pos_weight:
-            pos = Y.mean(axis=0).clip(1e-3, None)
+            pos = Y.mean(axis=0).clip(1e-3, 1 - 1e-3)
             weight = torch.as_tensor(np.sqrt((1 - pos) / pos), dtype=torch.float32)
-        loss = nn.BCEWithLogitsLoss(pos_weight=weight)
-        scale = lambda a: ((a - self.mean_) / self.std_).astype(np.float32)  # noqa: E731
+        scale = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
         v = (scale(valid[0]), valid[1].astype(np.float32)) if valid is not None else None
-        self.log_ = fit_module(self.module_, scale(X), Y.astype(np.float32), loss, self.epochs, self.lr,
-                               self.wd, self.batch_size, self.seed, v)
-        self.scale_ = np.ones(Y.shape[1], dtype=np.float32)  # identity until calibrate()
-        self.bias_ = np.zeros(Y.shape[1], dtype=np.float32)
+        log = fit_module(module, scale(X), Y.astype(np.float32), nn.BCEWithLogitsLoss(pos_weight=weight),
+                         self.epochs, self.lr, self.wd, self.batch_size, self.seed, v)
+        return mean, std, module, log
+
+    def out_of_fold_logits(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        """Logits for every poster from a network that did not see it (``calibration_folds`` folds)."""
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        Z = np.zeros(Y.shape, dtype=np.float32)
+        folds = MultilabelStratifiedKFold(n_splits=self.calibration_folds, shuffle=True, random_state=self.seed)
+        for train, valid in folds.split(np.zeros(len(Y)), Y):
+            mean, std, module, _ = self._fit_network(X[train], Y[train])
+            Z[valid] = _forward(module, (X[valid] - mean) / std)
+        return Z
+
+    def fit(self, X: np.ndarray, Y: np.ndarray, valid: tuple[np.ndarray, np.ndarray] | None = None) -> "GenreClassifier":
+        """Fit the chain; ``valid`` (X, Y) only feeds the training curve's validation loss."""
+        X, Y = np.asarray(X, dtype=np.float32), np.asarray(Y, dtype=np.float32)
+        if self.calibration_folds < 2:
+            raise ValueError(f"calibration_folds must be 2 or more (got {self.calibration_folds})")
+        oof = self.out_of_fold_logits(X, Y)
+        self.mean_, self.std_, self.module_, self.log_ = self._fit_network(X, Y, valid)
+        self.calibrate(oof, Y)
+        self.oof_proba_ = sigmoid(oof * self.scale_ + self.bias_)
+        self.rule_ = LabelRule(self.max_labels, self.rank_power).fit(Y, self.oof_proba_)
+        self.n_features_in_ = X.shape[1]
         return self
 
-    def raw_logits(self, X: np.ndarray) -> np.ndarray:
-        """The network's logits, before calibration."""
-        import torch
-
-        x = torch.as_tensor(((X - self.mean_) / self.std_).astype(np.float32))
-        with torch.inference_mode():
-            return self.module_.cpu()(x).numpy()
-
-    def calibrate(self, logits: np.ndarray, Y: np.ndarray) -> "GenreHead":
+    def calibrate(self, logits: np.ndarray, Y: np.ndarray) -> "GenreClassifier":
         """Platt scaling per genre, fitted on out-of-fold ``logits``.
 
         The strong weight decay and the positive-class weights that rank genres best
@@ -149,154 +236,172 @@ class GenreHead:
         """
         from sklearn.linear_model import LogisticRegression
 
+        self.scale_ = np.ones(Y.shape[1], dtype=np.float32)
+        self.bias_ = np.zeros(Y.shape[1], dtype=np.float32)
         for j in range(Y.shape[1]):
             if 0 < Y[:, j].sum() < len(Y):
                 platt = LogisticRegression(C=100.0).fit(logits[:, j:j + 1], Y[:, j])
                 self.scale_[j], self.bias_[j] = platt.coef_[0, 0], platt.intercept_[0]
         return self
 
+    def raw_logits(self, X: np.ndarray) -> np.ndarray:
+        """The network's logits, before calibration."""
+        return _forward(self.module_, (np.asarray(X, dtype=np.float32) - self.mean_) / self.std_)
+
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """Calibrated logits."""
         return self.raw_logits(X) * self.scale_ + self.bias_
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        """Calibrated probability of each genre, (n_posters, n_genres)."""
+        return sigmoid(self.decision_function(X))
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        state = {f"module.{k}": v.detach().cpu().numpy() for k, v in self.module_.state_dict().items()}
-        return {"mean": self.mean_, "std": self.std_, "scale": self.scale_, "bias": self.bias_, **state}
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """0/1 genres by the label rule."""
+        return self.labels(self.predict_proba(X))
+
+    def labels(self, P: np.ndarray) -> np.ndarray:
+        """The label rule on probabilities already computed (train, evaluate and predict share it)."""
+        return self.rule_.predict(P)
+
+    @property
+    def thresholds_(self) -> np.ndarray:
+        return self.rule_.thresholds_
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean_, "std": self.std_, "scale": self.scale_, "bias": self.bias_,
+                "thresholds": self.rule_.thresholds_, **_module_arrays(self.module_)}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], params: dict) -> "GenreHead":
-        import torch
-
-        head = cls(**params)
-        head.mean_, head.std_ = arrays["mean"], arrays["std"]
-        head.scale_, head.bias_ = arrays["scale"], arrays["bias"]
-        weights = [v for k, v in arrays.items() if k.startswith("module.") and k.endswith("weight")]
-        head.module_ = _mlp(weights[0].shape[1], weights[-1].shape[0], head.hidden, head.dropout, head.input_dropout)
-        head.module_.load_state_dict({k[len("module."):]: torch.as_tensor(v) for k, v in arrays.items()
-                                      if k.startswith("module.")})
-        head.module_.eval()
-        return head
+    def from_arrays(cls, arrays: dict[str, np.ndarray], params: dict) -> "GenreClassifier":
+        clf = cls(**params)
+        clf.mean_, clf.std_, clf.scale_, clf.bias_ = arrays["mean"], arrays["std"], arrays["scale"], arrays["bias"]
+        clf.rule_ = LabelRule(clf.max_labels, clf.rank_power)
+        clf.rule_.thresholds_ = arrays["thresholds"]
+        clf.n_features_in_ = len(clf.mean_)
+        clf.module_ = _load_module(_mlp(len(clf.mean_), len(clf.scale_), clf.hidden, clf.dropout), arrays)
+        return clf
 
 
-class ScoreRegressor:
-    """IMDb score: RBF kernel ridge on the first ``components`` principal components.
+# --- score ---------------------------------------------------------------------------------------
 
-    On the development set (5-fold CV) this gave MAE 0.751 and Spearman 0.37, against
-    0.761 / 0.35 for a linear ridge and 0.81 for predicting the mean.
+# Fitted attributes that define each pipeline step (saved as arrays, restored on load).
+_STEP_STATE = {
+    "StandardScaler": ("mean_", "scale_", "var_", "n_samples_seen_", "n_features_in_"),
+    "PCA": ("mean_", "components_", "explained_variance_", "explained_variance_ratio_", "singular_values_",
+            "noise_variance_", "n_components_", "n_samples_", "n_features_in_"),
+    "Nystroem": ("components_", "normalization_", "component_indices_", "n_features_in_"),
+    "Ridge": ("coef_", "intercept_", "n_features_in_"),
+}
+
+
+class ScoreRegressor(RegressorMixin, BaseEstimator):
+    """IMDb score: standardise -> PCA(``components``) -> ``kernel_components`` Nystroem RBF features -> ridge.
+
+    An approximation of RBF kernel ridge whose cost grows linearly with the posters
+    (exact kernel ridge needs 16 B x N^2 of memory and an O(N^3) solve).
     """
 
-    def __init__(self, components: int = 256, alpha: float = 3.0, gamma_scale: float = 1.0):
-        self.components, self.alpha, self.gamma_scale = components, alpha, gamma_scale
+    def __init__(self, components: int = 256, kernel_components: int = 1000, gamma_scale: float = 1.0,
+                 alpha: float = 3.0, seed: int = 0):
+        self.components, self.kernel_components = components, kernel_components
+        self.gamma_scale, self.alpha, self.seed = gamma_scale, alpha, seed
 
-    def params(self) -> dict:
-        return dict(components=self.components, alpha=self.alpha, gamma_scale=self.gamma_scale)
+    def _pipeline(self, n_samples: int, n_features: int):
+        from sklearn.decomposition import PCA
+        from sklearn.kernel_approximation import Nystroem
+        from sklearn.linear_model import Ridge
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
 
-    def _project(self, X: np.ndarray) -> np.ndarray:
-        return (((X - self.mean_) / self.std_) @ self.components_.T).astype(np.float32)
-
-    def _kernel(self, A: np.ndarray) -> np.ndarray:
-        B = self.support_
-        d2 = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * A @ B.T
-        return np.exp(-self.gamma_ * np.maximum(d2, 0.0))
+        components = min(self.components, n_samples, n_features)
+        return Pipeline([
+            ("scale", StandardScaler()),
+            ("pca", PCA(components, random_state=self.seed)),
+            ("kernel", Nystroem(gamma=self.gamma_scale / n_features, n_components=min(self.kernel_components, n_samples),
+                                random_state=self.seed)),
+            ("ridge", Ridge(alpha=self.alpha)),
+        ])
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "ScoreRegressor":
-        from sklearn.decomposition import PCA
-
-        self.mean_, self.std_ = _standardiser(X)
-        pca = PCA(min(self.components, *X.shape), random_state=0).fit((X - self.mean_) / self.std_)
-        self.components_ = pca.components_.astype(np.float32)
-        self.support_ = self._project(X)
-        self.gamma_ = np.float32(self.gamma_scale / X.shape[1])
-        self.offset_ = np.float32(y.mean())
-        K = self._kernel(self.support_).astype(np.float64)
-        K[np.diag_indices_from(K)] += self.alpha
-        self.dual_ = np.linalg.solve(K, y - self.offset_).astype(np.float32)
+        X = np.asarray(X, dtype=np.float32)
+        self.offset_ = float(np.mean(y))
+        self.pipeline_ = self._pipeline(*X.shape).fit(X, np.asarray(y, dtype=np.float64) - self.offset_)
+        self.n_features_in_ = X.shape[1]
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self._kernel(self._project(X)) @ self.dual_ + self.offset_
+        return (self.pipeline_.predict(np.asarray(X, dtype=np.float32)) + self.offset_).astype(np.float32)
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean_, "std": self.std_, "components": self.components_, "support": self.support_,
-                "dual": self.dual_, "gamma": np.atleast_1d(self.gamma_), "offset": np.atleast_1d(self.offset_)}
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"offset": np.array([self.offset_])}
+        for name, step in self.pipeline_.steps:
+            for attr in _STEP_STATE[type(step).__name__]:
+                arrays[f"{name}.{attr}"] = np.atleast_1d(np.asarray(getattr(step, attr)))
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], params: dict) -> "ScoreRegressor":
-        head = cls(**params)
-        head.mean_, head.std_, head.components_ = arrays["mean"], arrays["std"], arrays["components"]
-        head.support_, head.dual_ = arrays["support"], arrays["dual"]
-        head.gamma_, head.offset_ = np.float32(arrays["gamma"][0]), np.float32(arrays["offset"][0])
-        return head
+        reg = cls(**params)
+        reg.offset_ = float(arrays["offset"][0])
+        n_features = int(arrays["scale.n_features_in_"][0])
+        n_samples = int(arrays["scale.n_samples_seen_"][0])
+        reg.pipeline_ = reg._pipeline(n_samples, n_features)
+        for name, step in reg.pipeline_.steps:
+            for attr in _STEP_STATE[type(step).__name__]:
+                value = arrays[f"{name}.{attr}"]
+                setattr(step, attr, value.item() if value.ndim == 1 and value.size == 1 and attr.startswith("n") else value)
+        reg.n_features_in_ = n_features
+        return reg
 
 
-class ScoreClassifier:
+class ScoreClassifier(ClassifierMixin, BaseEstimator):
     """The original design: every distinct score (5.1, 7.8, ...) is a class; cross-entropy.
 
     The predicted score is the most probable class.
     """
 
-    def __init__(self, epochs: int = 20, lr: float = 3e-3, wd: float = 1.0, seed: int = 42):
+    def __init__(self, epochs: int = 20, lr: float = 3e-3, wd: float = 30.0, seed: int = 42):
         self.epochs, self.lr, self.wd, self.seed = epochs, lr, wd, seed
-
-    def params(self) -> dict:
-        return dict(epochs=self.epochs, lr=self.lr, wd=self.wd, seed=self.seed)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "ScoreClassifier":
         from torch import nn
 
+        X = np.asarray(X, dtype=np.float32)
         self.classes_ = np.unique(np.round(y, 1)).astype(np.float32)
         target = np.searchsorted(self.classes_, np.round(y, 1).astype(np.float32)).astype(np.int64)
         self.mean_, self.std_ = _standardiser(X)
-        self.module_ = _mlp(X.shape[1], len(self.classes_), 0, 0.0, 0.0)
+        self.module_ = _mlp(X.shape[1], len(self.classes_), 0, 0.0)
         self.log_ = fit_module(self.module_, ((X - self.mean_) / self.std_).astype(np.float32), target,
                                nn.CrossEntropyLoss(), self.epochs, self.lr, self.wd, seed=self.seed)
+        self.n_features_in_ = X.shape[1]
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        import torch
-
-        x = torch.as_tensor(((X - self.mean_) / self.std_).astype(np.float32))
-        with torch.inference_mode():
-            return torch.softmax(self.module_.cpu()(x), dim=1).numpy()
+        z = _forward(self.module_, (np.asarray(X, dtype=np.float32) - self.mean_) / self.std_)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        state = {f"module.{k}": v.detach().cpu().numpy() for k, v in self.module_.state_dict().items()}
-        return {"mean": self.mean_, "std": self.std_, "classes": self.classes_, **state}
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean_, "std": self.std_, "classes": self.classes_, **_module_arrays(self.module_)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], params: dict) -> "ScoreClassifier":
-        import torch
-
-        head = cls(**params)
-        head.mean_, head.std_, head.classes_ = arrays["mean"], arrays["std"], arrays["classes"]
-        head.module_ = _mlp(len(head.mean_), len(head.classes_), 0, 0.0, 0.0)
-        head.module_.load_state_dict({k[len("module."):]: torch.as_tensor(v) for k, v in arrays.items()
-                                      if k.startswith("module.")})
-        head.module_.eval()
-        return head
+        clf = cls(**params)
+        clf.mean_, clf.std_, clf.classes_ = arrays["mean"], arrays["std"], arrays["classes"]
+        clf.n_features_in_ = len(clf.mean_)
+        clf.module_ = _load_module(_mlp(len(clf.mean_), len(clf.classes_), 0, 0.0), arrays)
+        return clf
 
 
-def tune_thresholds(Y: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """Per genre, the probability threshold that maximises that genre's F1 on (Y, P)."""
-    from sklearn.metrics import precision_recall_curve
-
-    thresholds = np.full(Y.shape[1], 0.5, dtype=np.float32)
-    for j in range(Y.shape[1]):
-        if Y[:, j].sum() == 0:
-            continue
-        precision, recall, cut = precision_recall_curve(Y[:, j], P[:, j])
-        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-        thresholds[j] = cut[int(np.argmax(f1[:-1]))]
-    return thresholds
+ESTIMATORS = {cls.__name__: cls for cls in (GenreClassifier, ScoreRegressor, ScoreClassifier)}
 
 
-def save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+
+def save_arrays(arrays: dict[str, np.ndarray], path) -> None:
     """Write arrays as safetensors."""
     from safetensors.numpy import save_file
 

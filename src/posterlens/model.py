@@ -1,28 +1,41 @@
-"""The model directory: safetensors weights + one ``config.json``; loading never unpickles.
+"""The model directory: safetensors arrays + ``config.json``; it is data, never code.
 
-``config.json`` records the backbone and its preprocessing, the genre vocabulary and
-thresholds, the score mode, the training settings, a fingerprint of the training data,
-the package version and the SHA-256 of every other file in the directory: a missing or
-changed file is refused with an error that names it.
+``config.json`` names the backbones (registered names, or plain timm architecture names
+with their weights file inside the directory), the genres, the estimators' classes and
+parameters, the training settings and validation figures, and the SHA-256 of every other
+file; its own digest covers the rest of it. ``load`` checks all of that against a schema
+before building anything: an unknown class, a path, an out-of-range number or a shape that
+does not fit is refused with one line naming the file and the problem.
+
+``save`` writes the whole directory to a temporary sibling and swaps it in, so a failed or
+interrupted save leaves the previous model as it was.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from posterlens import __version__
-from posterlens.backbones import Backbone
-from posterlens.heads import GenreHead, ScoreClassifier, ScoreRegressor, save_arrays
+from posterlens import __version__, backbones, features
+from posterlens.heads import ESTIMATORS, GenreClassifier, save_arrays
 
 CONFIG = "config.json"
-GENRE_FILE = "genre_head.safetensors"
-SCORE_FILE = "score_head.safetensors"
-FORMAT = 1
+GENRE_FILE = "genre_model.safetensors"
+SCORE_FILE = "score_model.safetensors"
+FORMAT = 2
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a file name or timm name: no path, no '..'
+_KNOWN = {"format", "posterlens_version", "backbones", "genres", "genre_model", "score_mode", "score_model",
+          "files", "digest"}
 
 
 class ModelError(RuntimeError):
@@ -33,98 +46,243 @@ class ModelError(RuntimeError):
 class PosterModel:
     """Everything needed to go from an embedding to genres and a score."""
 
-    backbone: Backbone
+    features: features.FeatureSpec
     genres: list[str]
-    thresholds: np.ndarray
-    genre_head: GenreHead
-    score_head: ScoreRegressor | ScoreClassifier | None  # None: the catalogue had no scores
+    genre_model: GenreClassifier
+    score_model: Any | None  # ScoreRegressor or ScoreClassifier; None: no scores to learn from
     score_mode: str
-    info: dict = field(default_factory=dict)  # training settings, data fingerprint, split...
+    info: dict = field(default_factory=dict)  # training settings, validation, data fingerprint, split...
 
     def genre_proba(self, X: np.ndarray) -> np.ndarray:
-        return self.genre_head.predict_proba(X)
+        return self.genre_model.predict_proba(X)
 
     def genre_labels(self, P: np.ndarray) -> np.ndarray:
-        """Apply the tuned per-genre thresholds."""
-        return (P >= self.thresholds).astype(np.float32)
+        """The genre model's label rule, applied to probabilities already computed."""
+        return self.genre_model.labels(P)
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return self.genre_model.thresholds_
 
     def score(self, X: np.ndarray) -> np.ndarray:
-        if self.score_head is None:
+        if self.score_model is None:
             return np.full(len(X), np.nan, dtype=np.float32)
-        return np.clip(self.score_head.predict(X), 0.0, 10.0)
+        return np.clip(self.score_model.predict(X), 0.0, 10.0)
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def save(model: PosterModel, out: Path, extra_files: dict[str, Path] | None = None) -> Path:
-    """Write the model directory; ``extra_files`` (already in ``out``) get checksums too."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_arrays(model.genre_head.arrays(), out / GENRE_FILE)
-    files = [GENRE_FILE, *(extra_files or {})]
-    if model.score_head is not None:
-        save_arrays(model.score_head.arrays(), out / SCORE_FILE)
-        files.append(SCORE_FILE)
-    config = {
-        "format": FORMAT,
-        "posterlens_version": __version__,
-        "backbone": asdict(model.backbone),
-        "genres": model.genres,
-        "thresholds": [float(t) for t in model.thresholds],
-        "genre_head": {"class": "GenreHead", "params": model.genre_head.params()},
-        "score_mode": model.score_mode,
-        "score_head": {"class": type(model.score_head).__name__, "params": model.score_head.params()}
-        if model.score_head is not None else None,
-        "files": {name: sha256(out / name) for name in files},
-        **model.info,
-    }
-    (out / CONFIG).write_text(json.dumps(config, indent=2))
+def _config_digest(config: dict) -> str:
+    body = {k: v for k, v in config.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _backbone_entry(backbone: backbones.Backbone, out: Path) -> dict:
+    """How ``config.json`` names a backbone; a weights file of the user's is copied into ``out``."""
+    registered = backbones.REGISTRY.get(backbone.name)
+    if registered is not None and registered.weights == backbone.weights:
+        return {"name": backbone.name}
+    if backbone.weights == "timm-hub":
+        return {"name": backbone.name, "weights": "timm-hub"}
+    source = Path(backbone.weights)
+    name = f"weights-{backbone.name}{source.suffix}"
+    shutil.copyfile(source, out / name)
+    return {"name": backbone.name, "weights": name}
+
+
+def save(model: PosterModel, out: Path, tables: dict[str, pd.DataFrame] | None = None, index=None) -> Path:
+    """Write the model directory ``out`` whole or not at all (built in a temporary sibling, then swapped in)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        _write(model, tmp, tables or {}, index)
+        _swap(tmp, out)
+    except OSError as err:
+        raise ModelError(f"{out}: cannot write the model ({err.strerror or err}); "
+                         "free some space or choose a writable --out") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
+def _write(model: PosterModel, out: Path, tables: dict[str, pd.DataFrame], index) -> None:
+    save_arrays(model.genre_model.to_arrays(), out / GENRE_FILE)
+    if model.score_model is not None:
+        save_arrays(model.score_model.to_arrays(), out / SCORE_FILE)
+    for name, table in tables.items():
+        table.to_csv(out / name, index=False)
+    if index is not None:
+        index.save(out)
+    config = {
+        "format": FORMAT,
+        "posterlens_version": __version__,
+        "backbones": [_backbone_entry(b, out) for b in model.features.backbones],
+        "genres": model.genres,
+        "genre_model": {"class": type(model.genre_model).__name__, "params": model.genre_model.get_params()},
+        "score_mode": model.score_mode,
+        "score_model": None if model.score_model is None else
+        {"class": type(model.score_model).__name__, "params": model.score_model.get_params()},
+        **model.info,
+    }
+    config["files"] = {p.name: sha256(p) for p in sorted(out.iterdir())}
+    config["digest"] = _config_digest(config)
+    (out / CONFIG).write_text(json.dumps(config, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _swap(new: Path, out: Path) -> None:
+    """Put the directory ``new`` at ``out``; the old one (if any) is removed only once the new one is in place."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    if not (out / CONFIG).is_file():
+        raise ModelError(f"{out}: exists and is not a posterlens model directory; choose another --out")
+    old = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.old"
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --- loading: validate, then build ----------------------------------------------------------
+
+def _fail(path: Path, problem: str) -> ModelError:
+    return ModelError(f"{path}: {problem}")
+
+
 def read_config(model_dir: Path) -> dict:
-    """``config.json`` after checking every file it lists against its checksum."""
+    """``config.json`` after checking its digest, its schema and every file it lists."""
     model_dir = Path(model_dir)
     path = model_dir / CONFIG
     if not path.is_file():
         raise ModelError(f"{model_dir}: not a posterlens model directory (no {CONFIG})")
+    if path.stat().st_size > 50_000_000:
+        raise _fail(path, "too large to be a model configuration")
     try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ModelError(f"{path}: not valid JSON ({err})") from None
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _fail(path, f"not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise _fail(path, "not a JSON object")
     if config.get("format") != FORMAT:
-        raise ModelError(f"{path}: unsupported model format {config.get('format')!r} (expected {FORMAT})")
-    for name, digest in config.get("files", {}).items():
+        raise _fail(path, f"unsupported model format {config.get('format')!r} (expected {FORMAT}); retrain the model")
+    if config.get("digest") != _config_digest(config):
+        raise _fail(path, "digest mismatch: the file changed after training")
+    _check_schema(config, path)
+    for name, digest in config["files"].items():
         file = model_dir / name
-        if not file.is_file():
+        if not file.is_file() or file.is_symlink():
             raise ModelError(f"{file}: missing from the model directory")
         if sha256(file) != digest:
             raise ModelError(f"{file}: checksum mismatch, the file changed after training")
     return config
 
 
-def load(model_dir: Path) -> PosterModel:
-    """Read a model directory written by ``save`` (safetensors + JSON only)."""
+def _check_schema(config: dict, path: Path) -> None:
+    """Types, names and ranges of everything ``load`` reads."""
+    files = config.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and _SAFE_NAME.match(k) and isinstance(v, str)
+                                              for k, v in files.items()):
+        raise _fail(path, "'files' must map plain file names to checksums")
+    genres = config.get("genres")
+    if not (isinstance(genres, list) and len(genres) >= 2 and all(isinstance(g, str) and g for g in genres)
+            and len(set(genres)) == len(genres)):
+        raise _fail(path, "'genres' must be a list of 2 or more distinct names")
+    entries = config.get("backbones")
+    if not (isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries)):
+        raise _fail(path, "'backbones' must be a non-empty list of objects")
+    for entry in entries:
+        _check_backbone(entry, files, path)
+    _check_estimator(config.get("genre_model"), path, "genre_model", {"GenreClassifier"})
+    if config.get("score_model") is not None:
+        _check_estimator(config["score_model"], path, "score_model", {"ScoreRegressor", "ScoreClassifier"})
+    if config.get("score_mode") not in ("regression", "classes", "none"):
+        raise _fail(path, f"unknown score_mode {config.get('score_mode')!r}")
+
+
+def _check_backbone(entry: dict, files: dict, path: Path) -> None:
+    name, weights = entry.get("name"), entry.get("weights")
+    if set(entry) - {"name", "weights"} or not isinstance(name, str) or not _SAFE_NAME.match(name):
+        raise _fail(path, f"backbone {entry!r}: expected {{'name': <registered or timm name>, 'weights'?: <file>}}")
+    if weights is None:
+        if name not in backbones.REGISTRY:
+            raise _fail(path, f"backbone {name!r} is not registered and names no weights file")
+        return
+    if weights != "timm-hub" and (not isinstance(weights, str) or weights not in files):
+        raise _fail(path, f"backbone {name!r}: weights must be a file listed in the model directory")
+
+
+def _check_estimator(entry: Any, path: Path, key: str, classes: set[str]) -> None:
+    if not isinstance(entry, dict) or entry.get("class") not in classes or not isinstance(entry.get("params"), dict):
+        raise _fail(path, f"'{key}' must name one of {sorted(classes)} with its params")
+    defaults = ESTIMATORS[entry["class"]]().get_params()
+    for name, value in entry["params"].items():
+        if name not in defaults:
+            raise _fail(path, f"'{key}': unknown parameter {name!r}")
+        expected = type(defaults[name])
+        if type(value) is not expected and not (expected is float and type(value) is int):
+            raise _fail(path, f"'{key}.{name}' must be {expected.__name__} (got {value!r})")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value <= 1e6:
+            raise _fail(path, f"'{key}.{name}' = {value!r} is out of range")
+
+
+def _backbone(entry: dict, model_dir: Path) -> backbones.Backbone:
+    weights = entry.get("weights")
+    if weights is None:
+        return backbones.REGISTRY[entry["name"]]
+    if weights == "timm-hub":
+        return backbones.resolve(entry["name"])
+    return backbones.resolve(entry["name"], model_dir / weights)
+
+
+def _load_arrays(file: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
+    try:
+        return load_file(str(file))
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise ModelError(f"{file}: not a readable safetensors file ({err})") from None
+
+
+def _estimator(entry: dict, file: Path):
+    try:
+        return ESTIMATORS[entry["class"]].from_arrays(_load_arrays(file), entry["params"])
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
+        raise ModelError(f"{file}: does not fit its configuration ({type(err).__name__}: {err})") from None
+
+
+def load(model_dir: Path) -> PosterModel:
+    """Read a model directory written by ``save`` (safetensors + JSON only, validated first)."""
     model_dir = Path(model_dir)
     config = read_config(model_dir)
-    score_classes = {"ScoreRegressor": ScoreRegressor, "ScoreClassifier": ScoreClassifier}
-    score_head = None
-    if config["score_head"] is not None:
-        score_class = score_classes.get(config["score_head"]["class"])
-        if score_class is None:
-            raise ModelError(f"{model_dir / CONFIG}: unknown score head {config['score_head']['class']!r}")
-        score_head = score_class.from_arrays(load_file(str(model_dir / SCORE_FILE)), config["score_head"]["params"])
-    known = {"format", "posterlens_version", "backbone", "genres", "thresholds", "genre_head", "score_mode", "score_head", "files"}
-    backbone = config["backbone"]
-    return PosterModel(
-        backbone=Backbone(**{**backbone, "mean": tuple(backbone["mean"]), "std": tuple(backbone["std"])}),
-        genres=list(config["genres"]),
-        thresholds=np.asarray(config["thresholds"], dtype=np.float32),
-        genre_head=GenreHead.from_arrays(load_file(str(model_dir / GENRE_FILE)), config["genre_head"]["params"]),
-        score_head=score_head,
-        score_mode=config["score_mode"],
-        info={k: v for k, v in config.items() if k not in known},
-    )
+    try:
+        spec = features.FeatureSpec(tuple(_backbone(e, model_dir) for e in config["backbones"]))
+    except backbones.BackboneError as err:
+        raise ModelError(f"{model_dir / CONFIG}: {err}") from None
+    genre_model = _estimator(config["genre_model"], model_dir / GENRE_FILE)
+    score_model = None
+    if config["score_model"] is not None:
+        score_model = _estimator(config["score_model"], model_dir / SCORE_FILE)
+    n = len(config["genres"])
+    if genre_model.n_features_in_ != spec.feature_dim or len(genre_model.scale_) != n or len(genre_model.thresholds_) != n:
+        raise _fail(model_dir / GENRE_FILE, f"shapes do not fit {spec.feature_dim} features and {n} genres")
+    if score_model is not None and score_model.n_features_in_ != spec.feature_dim:
+        raise _fail(model_dir / SCORE_FILE, f"expects {score_model.n_features_in_} features, the backbones give {spec.feature_dim}")
+    return PosterModel(spec, list(config["genres"]), genre_model, score_model, config["score_mode"],
+                       {k: v for k, v in config.items() if k not in _KNOWN})

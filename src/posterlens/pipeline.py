@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
-from posterlens.backbones import DEFAULT_BACKBONE
+from posterlens.backbones import DEFAULT_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,28 @@ class PipelineConfig:
     catalog: str
     images: str
     out: str
-    backbone: str = DEFAULT_BACKBONE
-    epochs: int = 20
+    backbone: str = "+".join(DEFAULT_FEATURES)  # one backbone, or several joined by "+"
+    epochs: int | None = None  # None: the genre model's default
     shard_size: int = 500
     concurrency: int = 16
     min_genre_count: int = 20
-    cache: str | None = None  # default: <out>/cache
+    cache: str | None = None  # default: <out>/cache, settled in __post_init__
+    allow_private_hosts: bool = False  # let fetch download from loopback/private addresses (local tests)
+
+    def __post_init__(self) -> None:
+        self.cache = self.cache or str(Path(self.out) / "cache")
 
     @property
     def cache_dir(self) -> Path:
-        return Path(self.cache) if self.cache else Path(self.out) / "cache"
+        return Path(self.cache)
+
+    def train_config(self):
+        """The training settings of this run; the holdout is kept out of the model so ``evaluate_model`` can use it."""
+        from posterlens.train import TrainConfig
+
+        genre = {"epochs": self.epochs} if self.epochs else {}
+        return TrainConfig(backbones=self.backbone.split("+"), min_genre_count=self.min_genre_count, refit=False,
+                           genre=genre)
 
     @property
     def model_dir(self) -> Path:
@@ -69,8 +81,8 @@ def check_inputs(config: PipelineConfig) -> dict:
     """Fail early, naming the input at fault; count what the catalogue offers."""
     from posterlens import backbones
 
-    backbones.resolve(config.backbone)
-    if config.shard_size < 1 or config.concurrency < 1 or config.epochs < 1:
+    config.train_config().feature_spec()
+    if config.shard_size < 1 or config.concurrency < 1:
         raise ValueError(f"shard_size, concurrency and epochs must be positive: {config}")
     movies = _movies(config)
     Path(config.images).mkdir(parents=True, exist_ok=True)
@@ -92,18 +104,18 @@ def fetch_shard(config: PipelineConfig, shard: dict) -> dict:
 
     rows = _movies(config).iloc[shard["start"]:shard["stop"]]
     manifest = config.manifests_dir / f"fetch-{shard['shard']:04d}.csv"
-    summary = fetch_posters(rows, Path(config.images), FetchConfig(concurrency=config.concurrency),
-                            progress=False, manifest=manifest)
+    fetch_config = FetchConfig(concurrency=config.concurrency, allow_private_hosts=config.allow_private_hosts)
+    summary = fetch_posters(rows, Path(config.images), fetch_config, progress=False, manifest=manifest)
     return {**shard, "counts": summary.counts, "manifest": str(manifest)}
 
 
 def embed_shard(config: PipelineConfig, shard: dict) -> dict:
     """Embed one shard's posters into the shared feature cache."""
-    from posterlens import backbones, features
+    from posterlens import features
 
     rows = _movies(config).iloc[shard["start"]:shard["stop"]]
     files = rows["path"].dropna().tolist()
-    result = features.embed_files(files, backbones.resolve(config.backbone), config.cache_dir, progress=False)
+    result = features.embed(files, config.train_config().feature_spec(), config.cache_dir, progress=False)
     return {**shard, "computed": result.computed, "cached": result.cached, "failed": len(result.errors)}
 
 
@@ -111,8 +123,8 @@ def train_models(config: PipelineConfig) -> dict:
     """Train the genre and score models (one model directory)."""
     from posterlens import train
 
-    settings = train.TrainConfig(backbone=config.backbone, epochs=config.epochs, min_genre_count=config.min_genre_count)
-    result = train.train(Path(config.catalog), Path(config.images), config.model_dir, settings, config.cache_dir, progress=False)
+    result = train.train(Path(config.catalog), Path(config.images), config.model_dir, config.train_config(),
+                         config.cache_dir, progress=False)
     return {"model_dir": str(result.model_dir), "genres": len(result.model.genres), "n_train": result.model.info["n_train"],
             "n_holdout": len(result.model.info["holdout_ids"]), "seconds": round(result.seconds["total"], 1)}
 
@@ -184,34 +196,47 @@ def sample_catalog() -> Path:
     return path
 
 
-def demo(out: Path, cache: Path | None = None) -> None:
-    """Embed the sample, train both models, evaluate on the held-out posters, report."""
-    from posterlens import evaluate, predict, train
+def run(config: PipelineConfig) -> dict:
+    """Every stage in the DAG's order, in this process; returns ``summarise``'s summary.
+
+    ``posterlens demo`` runs this on the bundled sample; the Airflow DAG runs the same
+    stages as tasks (fetch and embed mapped over shards).
+    """
+    check_inputs(config)
+    parts = shards(config)
+    for part in parts:
+        fetch_shard(config, part)
+    for part in parts:
+        embed_shard(config, part)
+    train_models(config)
+    evaluate_model(config)
+    predict_posters(config)
+    merge_predictions(config)
+    return summarise(config)
+
+
+def demo(out: Path, cache: Path) -> dict:
+    """The main job on the bundled sample: ``run`` with the sample's posters already in place."""
+    from posterlens import predict
 
     console = Console()
-    cache = cache or out / "cache"
-    console.rule("1. train (embeddings cached in %s)" % cache)
-    config = train.TrainConfig(min_genre_count=DEMO_MIN_GENRE_COUNT)
-    result = train.train(sample_catalog(), None, out / "model", config, cache)
-    model = result.model
-    console.print(f"{len(model.genres)} genres, trained on {model.info['n_train']} posters in "
-                  f"{result.seconds['total']:.1f} s -> {result.model_dir}")
-    console.rule("2. evaluate on the %d held-out posters" % len(model.info["holdout_ids"]))
-    evaluation = evaluate.evaluate(result.model_dir, sample_catalog(), None, out / "report", cache)
-    genre, score = evaluation.metrics["genre"], evaluation.metrics["score"]
+    config = PipelineConfig(catalog=str(sample_catalog()), images=str(SAMPLE_DIR / "images"), out=str(out),
+                            min_genre_count=DEMO_MIN_GENRE_COUNT, cache=str(cache))
+    console.rule(f"posterlens demo: the pipeline on {config.catalog}")
+    summary = run(config)
+    metrics = json.loads((config.report_dir / "metrics.json").read_text())
+    genre, score = metrics["genre"], metrics["score"] or {}
     base = genre["baselines"]["top2_constant"]
-    console.print(f"genres: macro-mAP {genre['macro_map']:.3f}, micro-F1 {genre['micro_f1']:.3f} "
-                  f"(top-2 constant baseline: {base['macro_map']:.3f}, {base['micro_f1']:.3f})")
-    console.print(f"score: MAE {score['mae']:.3f} (predicting the mean: {score['baseline_mae']:.3f})")
-    console.print(f"[bold]report: {evaluation.report}[/bold]")
-    console.rule("3. predict held-out posters, and find similar movies")
-    predictor = predict.load(result.model_dir, cache)
-    posters = [SAMPLE_DIR / "images" / f"{i}.jpg" for i in model.info["holdout_ids"][:6]]
-    predictions = predictor.predict(posters, similar=3)
-    written = predict.write(predictions, out / "predictions")
-    for row in predictions.table.itertuples():
-        console.print(f"{Path(row.file).name}: score {row.score:.1f}, genres {'|'.join(row.genres) or '-'}")
-    console.print(f"CSV files: {', '.join(str(p) for p in written.values())}")
-    found = predictor.similar(posters[0], k=5)
-    console.print(f"movies similar to {posters[0].name}:")
+    console.print(f"{summary['test_images']} held-out posters: genre macro-mAP {genre['macro_map']:.3f}, "
+                  f"micro-F1 {genre['micro_f1']:.3f} (top-2 constant: {base['macro_map']:.3f}, {base['micro_f1']:.3f}); "
+                  f"{genre['genres_per_poster']:.1f} genres a poster predicted, {genre['true_genres_per_poster']:.1f} true")
+    if score:
+        console.print(f"score MAE {score['mae']:.3f} (predicting the mean: {score['baseline_mae']:.3f})")
+    final = pd.read_csv(summary["predictions"], keep_default_na=False)
+    console.print(final.head(6).to_string(index=False))
+    first = final["file"].iloc[0]
+    found = predict.load(config.model_dir, config.cache_dir).similar(first, k=5)
+    console.print(f"movies similar to {Path(first).name}:")
     console.print(found.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    console.print(f"[bold]report: {summary['report']}[/bold]")
+    return summary

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from posterlens import features, model as model_files
+from posterlens import features, model as model_files, safeio
 from posterlens.images import PosterError
 from posterlens.similar import SimilarIndex
 
@@ -37,19 +37,21 @@ class Predictions:
 
 
 class Predictor:
-    """A loaded model directory with its backbone ready to run."""
+    """A loaded model directory with its backbones ready to run.
 
-    def __init__(self, model_dir: str | Path, cache: str | Path | None = None):
+    Embeddings of predicted posters are cached in ``cache`` (the ONNX exports live there too).
+    """
+
+    def __init__(self, model_dir: str | Path, cache: str | Path, engine: str = "auto"):
         self.model_dir = Path(model_dir)
         self.model = model_files.load(self.model_dir)
         self.index = SimilarIndex.load(self.model_dir, len(self.model.genres))
-        self.cache = Path(cache) if cache else None  # None: embeddings are not stored
-        onnx_dir = self.cache or features.default_cache_dir()
-        self.runner = features.make_runner(self.model.backbone, onnx_dir)
+        self.cache = Path(cache)
+        self.runners = [features.make_runner(b, self.cache, engine) for b in self.model.features.backbones]
 
     def embed(self, files: Sequence[str | Path], mirror: bool = False, progress: bool = False) -> features.Embeddings:
-        return features.embed_files(files, self.model.backbone, self.cache, mirror=mirror, progress=progress,
-                                    runner=self.runner, use_cache=self.cache is not None)
+        return features.embed(files, self.model.features, self.cache, runners=self.runners, mirror=mirror,
+                              progress=progress)
 
     def _genre_proba(self, files: Sequence[str], tta: bool, progress: bool) -> tuple[features.Embeddings, np.ndarray]:
         emb = self.embed(files, progress=progress)
@@ -64,12 +66,12 @@ class Predictor:
 
     def predict(self, files: Sequence[str | Path], tta: bool = False, similar: int = 0,
                 progress: bool = False) -> Predictions:
-        """Genres (tuned thresholds applied), probabilities and score for each poster file.
+        """Genres (the model's label rule applied), probabilities and score for each poster file.
 
         ``tta`` averages each poster with its mirror image; ``similar`` adds the titles of
         the K most similar training movies.
         """
-        files = [str(f) for f in files]
+        files = list(dict.fromkeys(str(f) for f in files))  # the same poster twice is predicted once
         emb, P = self._genre_proba(files, tta, progress)
         ok = emb.ok
         scores = np.full(len(files), np.nan, dtype=np.float32)
@@ -103,8 +105,9 @@ class Predictor:
 
 
 def load(model_dir: str | Path, cache: str | Path | None = None) -> Predictor:
-    """Load a model directory for predictions (``posterlens.load``)."""
-    return Predictor(model_dir, cache)
+    """Load a model directory for predictions (``posterlens.load``); ``cache`` defaults to
+    ``features.default_cache_dir()``."""
+    return Predictor(model_dir, cache or features.default_cache_dir())
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -134,19 +137,14 @@ def merge_tables(score: pd.DataFrame, genre: pd.DataFrame) -> pd.DataFrame:
 def write_parts(predictions: Predictions, out: Path) -> dict[str, Path]:
     """Write the score, genre and error CSV files into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, table in part_tables(predictions).items():
-        table.to_csv(out / name, index=False)
-        written[name] = out / name
-    return written
+    return {name: safeio.write_csv(table, out / name) for name, table in part_tables(predictions).items()}
 
 
 def merge_files(out: Path) -> Path:
     """Merge ``predictions_score.csv`` and ``predictions_genre.csv`` in ``out`` into ``predictions_final.csv``."""
     score = pd.read_csv(out / "predictions_score.csv", dtype={"file": str})
     genre = pd.read_csv(out / "predictions_genre.csv", dtype={"file": str}, keep_default_na=False)
-    merge_tables(score, genre).to_csv(out / "predictions_final.csv", index=False)
-    return out / "predictions_final.csv"
+    return safeio.write_csv(merge_tables(score, genre), out / "predictions_final.csv")
 
 
 def write(predictions: Predictions, out: Path) -> dict[str, Path]:
@@ -156,6 +154,5 @@ def write(predictions: Predictions, out: Path) -> dict[str, Path]:
     final = merge_tables(parts["predictions_score.csv"], parts["predictions_genre.csv"])
     if "similar" in predictions.table:
         final["similar"] = predictions.table["similar"].to_numpy()
-    final.to_csv(out / "predictions_final.csv", index=False)
-    written["predictions_final.csv"] = out / "predictions_final.csv"
+    written["predictions_final.csv"] = safeio.write_csv(final, out / "predictions_final.csv")
     return written

@@ -9,26 +9,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from posterlens import safeio
 
-def _pyplot():
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _subplots(*grid: int, **options):
+    """A matplotlib ``Figure`` and its axes: no pyplot state, no backend switch."""
+    from matplotlib.figure import Figure
 
-    return plt
+    figsize = options.pop("figsize")
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **options)
 
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    _pyplot().close(fig)
     return path
 
 
 def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, max(1, curves["model"].nunique()), figsize=(9, 3.2), squeeze=False)
+    fig, axes = _subplots(1, max(1, curves["model"].nunique()), figsize=(9, 3.2), squeeze=False)
     for ax, (name, part) in zip(axes[0], curves.groupby("model")):
         ax.plot(part["epoch"], part["train_loss"], label="train")
         ax.plot(part["epoch"], part["valid_loss"], label="validation")
@@ -38,8 +38,7 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_reliability(table: pd.DataFrame, path: Path) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.2, 4))
+    fig, ax = _subplots(figsize=(4.2, 4))
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
     ax.plot(table["predicted"], table["observed"], "o-", label="model")
     ax.set(title="Reliability (all genres)", xlabel="predicted probability", ylabel="observed frequency")
@@ -48,10 +47,9 @@ def plot_reliability(table: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_per_genre(per_genre: pd.DataFrame, path: Path) -> Path:
-    plt = _pyplot()
     table = per_genre.sort_values("support", ascending=False)
     x = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, ax = _subplots(figsize=(9, 3.6))
     ax.bar(x - 0.2, table["f1"], 0.4, label="F1")
     ax.bar(x + 0.2, table["ap"], 0.4, label="AP")
     ax.set_xticks(x, table["genre"], rotation=60, ha="right")
@@ -61,8 +59,7 @@ def plot_per_genre(per_genre: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_scores(true: np.ndarray, pred: np.ndarray, path: Path) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.2, 4))
+    fig, ax = _subplots(figsize=(4.2, 4))
     ax.scatter(true, pred, s=6, alpha=0.4)
     ax.plot([1, 10], [1, 10], "--", color="grey")
     ax.set(title="Predicted vs true score", xlabel="IMDb score", ylabel="predicted", xlim=(1, 10), ylim=(1, 10))
@@ -70,10 +67,9 @@ def plot_scores(true: np.ndarray, pred: np.ndarray, path: Path) -> Path:
 
 
 def plot_genre_distribution(counts: dict[str, int], n_train: int, path: Path) -> Path:
-    plt = _pyplot()
     names = list(counts)
     values = np.array([counts[g] for g in names])
-    fig, ax = plt.subplots(figsize=(9, 3.4))
+    fig, ax = _subplots(figsize=(9, 3.4))
     bars = ax.bar(names, values)
     for bar, v in zip(bars, values):
         ax.text(bar.get_x() + bar.get_width() / 2, v, f"{100 * v / n_train:.0f}%", ha="center", va="bottom", fontsize=7)
@@ -86,10 +82,9 @@ def plot_poster_grid(rows: pd.DataFrame, path: Path, columns: int = 6) -> Path:
     """Sample posters with true and predicted genres (and scores)."""
     from PIL import Image
 
-    plt = _pyplot()
     n = len(rows)
     lines = (n + columns - 1) // columns
-    fig, axes = plt.subplots(lines, columns, figsize=(2.1 * columns, 4.1 * lines), squeeze=False)
+    fig, axes = _subplots(lines, columns, figsize=(2.1 * columns, 4.1 * lines), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, row in zip(axes.ravel(), rows.itertuples()):
@@ -109,7 +104,7 @@ def _metrics_html(metrics: dict) -> str:
     genre = metrics["genre"]
     names = [k for k in genre if k != "baselines"]
     rows = {"model": genre, **{f"baseline: {k}": v for k, v in genre["baselines"].items()}}
-    frame = pd.DataFrame([{"": label, **{n: values[n] for n in names}} for label, values in rows.items()])
+    frame = pd.DataFrame([{"": label, **{n: values.get(n, float("nan")) for n in names}} for label, values in rows.items()])
     parts = [_table_html(frame)]
     if metrics.get("score"):
         parts.append(_table_html(pd.DataFrame([metrics["score"]])))
@@ -141,5 +136,5 @@ Baselines use the same metrics: a model with no skill already reaches a high bin
 <details><summary>metrics.json</summary><pre>{html.escape(json.dumps(metrics, indent=2))}</pre></details>
 </body></html>"""
     path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
+    safeio.write_text(path, page)
     return path

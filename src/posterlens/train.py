@@ -1,19 +1,22 @@
-"""Training: embeddings -> genre and score predictors, thresholds, validation, model directory."""
+"""Training: embeddings -> genre and score estimators -> validation -> refit -> model directory.
+
+One way to train: the CLI, the DAG, ``compare`` and ``tune`` all build their estimators
+with ``TrainConfig.genre_estimator`` / ``score_estimator`` and fit them with ``fit_models``.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from posterlens import backbones, catalog, features, metrics
-from posterlens.heads import GenreHead, ScoreClassifier, ScoreRegressor, tune_thresholds
+from posterlens.heads import GenreClassifier, ScoreClassifier, ScoreRegressor
 from posterlens.model import PosterModel, save
 from posterlens.similar import SimilarIndex
 
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 SCORE_MODES = ("regression", "classes")
 CURVES_FILE = "training_curves.csv"
 TRAINING_SET_FILE = "training_set.csv"
+MIN_SCORES = 10  # the score model needs at least this many posters with a score
 
 
 class TrainError(ValueError):
@@ -30,17 +34,22 @@ class TrainError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Settings of a training run (saved in the model's ``config.json``)."""
+    """Settings of a training run (saved in the model's ``config.json``).
 
-    backbone: str = backbones.DEFAULT_BACKBONE
-    weights: str | None = None
-    epochs: int = 20
-    folds: int = 0  # 0: one holdout split; K: K-fold cross-validation, then a final fit on all
+    Estimator hyper-parameters that differ from the estimators' own defaults go in
+    ``genre`` / ``score`` (``GenreClassifier`` / ``ScoreRegressor`` parameters).
+    """
+
+    backbones: list[str] = field(default_factory=lambda: list(backbones.DEFAULT_FEATURES))
+    weights: str | None = None  # weights file, for a single backbone without offline weights
+    folds: int = 0  # 0: one holdout split; K: K-fold cross-validation
     holdout: float = 0.2
+    refit: bool = True  # after validation, refit on every training poster
     seed: int = 42
     score_mode: str = "regression"
     min_genre_count: int = 20
-    threshold_folds: int = 10  # inner folds for out-of-fold thresholds (10 beat 5 on macro-F1 in CV)
+    genre: dict = field(default_factory=dict)
+    score: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.score_mode not in SCORE_MODES:
@@ -49,6 +58,33 @@ class TrainConfig:
             raise TrainError(f"--folds must be 0 (holdout) or 2 or more (got {self.folds})")
         if not 0 <= self.holdout < 1:
             raise TrainError(f"--holdout must be in [0, 1) (got {self.holdout})")
+        if self.min_genre_count < 1:
+            raise TrainError(f"--min-genre-count must be 1 or more (got {self.min_genre_count})")
+        if not self.backbones:
+            raise TrainError("--backbone: give at least one backbone")
+        for name, estimator in (("genre", GenreClassifier), ("score", self.score_class)):
+            unknown = set(getattr(self, name)) - set(estimator().get_params())
+            if unknown:
+                raise TrainError(f"unknown {name} model setting(s) {sorted(unknown)}: "
+                                 f"{estimator.__name__} takes {sorted(estimator().get_params())}")
+        epochs = self.genre.get("epochs", 1)
+        if not isinstance(epochs, int) or epochs < 1:
+            raise TrainError(f"--epochs must be 1 or more (got {epochs})")
+
+    @property
+    def score_class(self) -> type:
+        return ScoreRegressor if self.score_mode == "regression" else ScoreClassifier
+
+    def genre_estimator(self) -> GenreClassifier:
+        return GenreClassifier(**{"seed": self.seed, **self.genre})
+
+    def score_estimator(self) -> ScoreRegressor | ScoreClassifier:
+        return self.score_class(**self.score)
+
+    def feature_spec(self) -> features.FeatureSpec:
+        if self.weights and len(self.backbones) > 1:
+            raise TrainError("--weights applies to a single --backbone")
+        return features.FeatureSpec(tuple(backbones.resolve(name, self.weights) for name in self.backbones))
 
 
 @dataclass
@@ -64,15 +100,15 @@ class Dataset:
 class TrainResult:
     model_dir: Path
     model: PosterModel
-    cv: dict | None
+    validation: dict | None
     seconds: dict[str, float]
 
 
-def load_dataset(catalog_path: Path, images: Path | None, backbone: backbones.Backbone,
-                 cache: Path | None = None, progress: bool = True) -> Dataset:
+def load_dataset(catalog_path: Path, images: Path | None, spec: features.FeatureSpec, cache: Path,
+                 progress: bool = True) -> Dataset:
     """Read a catalogue and embed its posters (from the cache where possible)."""
     table = catalog.read_catalog(catalog_path, images)
-    emb = features.embed_files(table["path"].tolist(), backbone, cache, progress=progress)
+    emb = features.embed(table["path"].tolist(), spec, cache, progress=progress)
     ok = emb.ok
     if not ok.any():
         raise TrainError(f"{catalog_path}: none of the {len(table)} posters could be read")
@@ -87,9 +123,15 @@ def choose_genres(table: pd.DataFrame, min_count: int) -> list[str]:
     dropped = [f"{g} ({int(c)})" for g, c in zip(vocabulary, counts) if c < min_count]
     if dropped:
         log.warning("left out %d genre(s) with fewer than %d training posters: %s", len(dropped), min_count, ", ".join(dropped))
-    if not kept:
-        raise TrainError(f"no genre has {min_count} or more posters: lower --min-genre-count")
+    if len(kept) < 2:
+        raise TrainError(f"{len(kept)} genre(s) have {min_count} or more posters; the genre model needs 2 or more: "
+                         "add posters or lower --min-genre-count")
     return kept
+
+
+def stratify_on(data: Dataset, genres: list[str]) -> np.ndarray:
+    """The genre matrix used to stratify splits."""
+    return catalog.genre_matrix(data.table, genres)
 
 
 def holdout_split(Y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,50 +149,43 @@ def kfold_splits(Y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray,
 
     if folds < 2:
         raise TrainError(f"--folds must be 2 or more (got {folds})")
+    if len(Y) < 2 * folds:
+        raise TrainError(f"{len(Y)} posters are too few for {folds} folds: add posters or lower --folds")
     return list(MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(Y)), Y))
 
 
-def genre_head(config: TrainConfig) -> GenreHead:
-    """The default genre head, chosen by 5-fold CV on the development set (see docs)."""
-    return GenreHead(hidden=0, epochs=config.epochs, lr=3e-3, wd=30.0, pos_weight=True, seed=config.seed)
-
-
-def score_head(config: TrainConfig) -> ScoreRegressor | ScoreClassifier:
-    if config.score_mode == "regression":
-        return ScoreRegressor()
-    return ScoreClassifier(epochs=config.epochs, wd=30.0, seed=config.seed)
-
-
-def out_of_fold_logits(X: np.ndarray, Y: np.ndarray, config: TrainConfig) -> np.ndarray:
-    """Genre logits for every training poster from a head that did not see it."""
-    Z = np.zeros_like(Y)
-    for train, valid in kfold_splits(Y, config.threshold_folds, config.seed):
-        Z[valid] = genre_head(config).fit(X[train], Y[train]).raw_logits(X[valid])
-    return Z
-
-
-def fit_models(data: Dataset, idx: np.ndarray, genres: list[str], backbone: backbones.Backbone,
+def fit_models(data: Dataset, idx: np.ndarray, genres: list[str], spec: features.FeatureSpec,
                config: TrainConfig, valid_idx: np.ndarray | None = None) -> PosterModel:
-    """Fit both heads (and the genre thresholds) on the rows ``idx`` of ``data``."""
-    X = data.X[idx]
-    Y = catalog.genre_matrix(data.table.iloc[idx], genres)
+    """Fit the genre and score estimators on the rows ``idx`` of ``data``.
+
+    Posters without genres (a score-only catalogue row) train the score model only;
+    posters without a score train the genre model only.
+    """
+    table = data.table.iloc[idx]
+    labelled = np.array([len(g) > 0 for g in table["genres"]])
+    X, Y = data.X[idx][labelled], catalog.genre_matrix(table[labelled], genres)
+    if len(X) < 2 * config.genre_estimator().calibration_folds:
+        raise TrainError(f"{len(X)} posters with genres are too few to train the genre model")
     valid = None
     if valid_idx is not None and len(valid_idx):
         valid = (data.X[valid_idx], catalog.genre_matrix(data.table.iloc[valid_idx], genres))
-    oof = out_of_fold_logits(X, Y, config)
-    head = genre_head(config).fit(X, Y, valid=valid).calibrate(oof, Y)
-    thresholds = tune_thresholds(Y, 1.0 / (1.0 + np.exp(-(oof * head.scale_ + head.bias_))))
-    scores = data.table["score"].to_numpy(dtype=float)[idx]
+    genre_model = config.genre_estimator().fit(X, Y, valid=valid)
+    scores = table["score"].to_numpy(dtype=float)
     has_score = ~np.isnan(scores)
-    score = score_head(config).fit(X[has_score], scores[has_score]) if has_score.sum() >= 10 else None
+    score_model = None
+    if has_score.sum() >= MIN_SCORES:
+        score_model = config.score_estimator().fit(data.X[idx][has_score], scores[has_score])
     info = {
         "training": asdict(config),
         "n_train": int(len(idx)),
+        "n_train_genres": int(labelled.sum()),
+        "n_train_scores": int(has_score.sum()),
         "train_genre_counts": {g: int(c) for g, c in zip(genres, Y.sum(axis=0))},
         "train_score_mean": float(scores[has_score].mean()) if has_score.any() else None,
-        "data_fingerprint": fingerprint([data.keys[i] for i in idx], Y),
+        "data_fingerprint": fingerprint([data.keys[i] for i in idx], catalog.genre_matrix(table, genres)),
     }
-    return PosterModel(backbone, genres, thresholds, head, score, config.score_mode if score else "none", info)
+    mode = config.score_mode if score_model is not None else "none"
+    return PosterModel(spec, genres, genre_model, score_model, mode, info)
 
 
 def fingerprint(keys: list[str], Y: np.ndarray) -> str:
@@ -164,14 +199,18 @@ def fingerprint(keys: list[str], Y: np.ndarray) -> str:
 
 
 def evaluate_split(model: PosterModel, data: Dataset, idx: np.ndarray) -> dict:
-    """Headline metrics of ``model`` on rows ``idx`` (used for cross-validation)."""
+    """Headline metrics of ``model`` on rows ``idx`` (holdout and cross-validation)."""
+    table = data.table.iloc[idx]
+    labelled = np.array([len(g) > 0 for g in table["genres"]])
     X = data.X[idx]
-    Y = catalog.genre_matrix(data.table.iloc[idx], model.genres)
-    P = model.genre_proba(X)
-    result = {"genre": metrics.genre_metrics(Y, P, model.genre_labels(P))}
-    scores = data.table["score"].to_numpy(dtype=float)[idx]
-    if model.score_head is not None and not np.isnan(scores).all():
-        ok = ~np.isnan(scores)
+    Y = catalog.genre_matrix(table[labelled], model.genres)
+    P = model.genre_proba(X[labelled])
+    L = model.genre_labels(P)
+    result = {"genre": {**metrics.genre_metrics(Y, P, L), "genres_per_poster": float(L.sum(axis=1).mean()),
+                        "true_genres_per_poster": float(Y.sum(axis=1).mean())}}
+    scores = table["score"].to_numpy(dtype=float)
+    ok = ~np.isnan(scores)
+    if model.score_model is not None and ok.sum() > 1:
         result["score"] = metrics.score_metrics(scores[ok], model.score(X[ok]), model.info["train_score_mean"])
     return result
 
@@ -186,47 +225,64 @@ def similar_index(model: PosterModel, data: Dataset, idx: np.ndarray, seed: int)
 
 
 def curves_table(model: PosterModel) -> pd.DataFrame:
-    """fit_one_cycle curves of the heads trained with fastai."""
+    """fit_one_cycle curves of the estimators trained with fastai."""
     frames = []
-    for name, head in (("genre", model.genre_head), ("score", model.score_head)):
-        if head is not None and hasattr(head, "log_"):
-            frames.append(pd.DataFrame(head.log_.rows).assign(model=name))
-    return pd.concat(frames, ignore_index=True)[["model", "epoch", "train_loss", "valid_loss"]]
+    for name, estimator in (("genre", model.genre_model), ("score", model.score_model)):
+        if estimator is not None and hasattr(estimator, "log_"):
+            frames.append(pd.DataFrame(estimator.log_.rows).assign(model=name))
+    columns = ["model", "epoch", "train_loss", "valid_loss"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
-def train(catalog_path: Path, images: Path | None, out: Path, config: TrainConfig = TrainConfig(),
-          cache: Path | None = None, progress: bool = True) -> TrainResult:
-    """Embed, fit, validate and write the model directory."""
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    backbone = backbones.resolve(config.backbone, config.weights)
-    data = load_dataset(catalog_path, images, backbone, cache, progress)
-    seconds["embed"] = time.perf_counter() - start
-    genres = choose_genres(data.table, config.min_genre_count)
-    Y = catalog.genre_matrix(data.table, genres)
-    cv = None
+def validate(data: Dataset, genres: list[str], spec: features.FeatureSpec, config: TrainConfig) -> tuple[dict | None, np.ndarray, np.ndarray]:
+    """Cross-validation or holdout figures; returns them with the (train, test) rows of the final fit.
+
+    With ``config.refit`` the final fit uses every poster; without it, the holdout's
+    training part (so ``posterlens evaluate`` can score the held-out posters later).
+    """
+    Y = stratify_on(data, genres)
+    everything, none = np.arange(len(Y)), np.array([], dtype=int)
     if config.folds:
         runs = []
         for k, (train_idx, test_idx) in enumerate(kfold_splits(Y, config.folds, config.seed)):
-            runs.append(evaluate_split(fit_models(data, train_idx, genres, backbone, config), data, test_idx))
-            log.info("fold %d/%d: macro-mAP %.3f", k + 1, config.folds, runs[-1]["genre"]["macro_map"])
-        cv = metrics.summarise_folds(runs)
-        train_idx, test_idx = np.arange(len(Y)), np.array([], dtype=int)
-    else:
-        train_idx, test_idx = holdout_split(Y, config.holdout, config.seed) if config.holdout else (np.arange(len(Y)), np.array([], dtype=int))
-    model = fit_models(data, train_idx, genres, backbone, config, valid_idx=test_idx)
+            runs.append(evaluate_split(fit_models(data, train_idx, genres, spec, config), data, test_idx))
+            log.info("fold %d/%d: macro-mAP %.3f, micro-F1 %.3f", k + 1, config.folds,
+                     runs[-1]["genre"]["macro_map"], runs[-1]["genre"]["micro_f1"])
+        return {"method": f"{config.folds}-fold cross-validation", **metrics.summarise_folds(runs)}, everything, none
+    if not config.holdout:
+        return None, everything, none
+    train_idx, test_idx = holdout_split(Y, config.holdout, config.seed)
+    if config.refit:
+        model = fit_models(data, train_idx, genres, spec, config)
+        figures = evaluate_split(model, data, test_idx)
+        return {"method": f"{config.holdout:.0%} holdout (seed {config.seed})", "n_test": int(len(test_idx)), **figures}, everything, none
+    return None, train_idx, test_idx
+
+
+def train(catalog_path: Path, images: Path | None, out: Path, config: TrainConfig, cache: Path,
+          progress: bool = True) -> TrainResult:
+    """Embed, validate, fit and write the model directory (atomically: ``model.save``)."""
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    spec = config.feature_spec()
+    data = load_dataset(catalog_path, images, spec, cache, progress)
+    seconds["embed"] = time.perf_counter() - start
+    genres = choose_genres(data.table, config.min_genre_count)
+    validation, train_idx, test_idx = validate(data, genres, spec, config)
+    model = fit_models(data, train_idx, genres, spec, config, valid_idx=test_idx)
+    if validation is None and len(test_idx):
+        validation = {"method": f"{config.holdout:.0%} holdout (seed {config.seed})", "n_test": int(len(test_idx)),
+                      **evaluate_split(model, data, test_idx)}
+    model.info["validation"] = validation
+    model.info["evaluated_on"] = validation["method"] if validation else "nothing (no holdout, no folds)"
     model.info["holdout_ids"] = data.table["id"].iloc[test_idx].tolist()
     seconds["fit"] = time.perf_counter() - start - seconds["embed"]
-    out.mkdir(parents=True, exist_ok=True)
-    curves_table(model).to_csv(out / CURVES_FILE, index=False)
-    pd.DataFrame({"id": data.table["id"].iloc[train_idx], "key": [data.keys[i] for i in train_idx]}).to_csv(
-        out / TRAINING_SET_FILE, index=False)
-    extra = {CURVES_FILE: out / CURVES_FILE, TRAINING_SET_FILE: out / TRAINING_SET_FILE}
-    for name in similar_index(model, data, train_idx, config.seed).save(out):
-        extra[name] = out / name
-    if cv is not None:
-        (out / "cv_metrics.json").write_text(json.dumps(cv, indent=2))
-        extra["cv_metrics.json"] = out / "cv_metrics.json"
-    save(model, out, extra)
+    extra = {
+        CURVES_FILE: curves_table(model),
+        TRAINING_SET_FILE: pd.DataFrame({"id": data.table["id"].iloc[train_idx],
+                                         "key": [data.keys[i] for i in train_idx]}),
+    }
+    save(model, out, extra, similar_index(model, data, train_idx, config.seed))
     seconds["total"] = time.perf_counter() - start
-    return TrainResult(out, model, cv, seconds)
+    return TrainResult(out, model, validation, seconds)
+
