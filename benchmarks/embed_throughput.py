@@ -1,9 +1,19 @@
-"""Benchmark: embedding throughput, cold and from the cache, with peak memory.
+"""Benchmark: the embedding engines side by side on the same posters, with ratios and peak memory.
 
     .venv/bin/python benchmarks/embed_throughput.py [--catalog CSV] [--images DIR] [--backbone NAME]
+        [--limit N] [--repeats R] [--setups onnx:32,onnx:8,openvino:8]
 
-Runs each pass in a fresh process (so peak memory is per pass) against a new temporary
-cache: pass 1 is cold (ONNX export included), pass 2 reads everything from the cache.
+Two measurements, each ``--repeats`` times, setups interleaved (A, B, C, A, B, C, ...) so
+that a noisy machine hurts them alike; min and median are printed with the ratio of each
+median to the first setup's:
+
+- model: the network alone on one decoded batch list (``make_runner``), posters/s;
+- cold embed: ``features.embed_files`` on ``--limit`` posters in a fresh process with an
+  empty feature cache (the ONNX export is made once beforehand and copied in, so it is
+  not timed): read, hash, decode and network, posters/s and the process's peak RSS.
+
+The first setup, ``onnx:32``, is the engine and batch size that ``embed`` used before
+OpenVINO (its graph normalised in numpy then; here in the graph for every setup).
 """
 
 from __future__ import annotations
@@ -11,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,17 +32,57 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "posters"
 
 
-def one_pass(catalog: str, images: str, backbone: str, cache: str, engine: str) -> dict:
-    from posterlens import backbones, catalog as catalogs, features
+def _setups(text: str) -> list[tuple[str, int]]:
+    return [(engine, int(batch)) for engine, batch in (item.split(":") for item in text.split(","))]
+
+
+def _files(catalog: str, images: str, limit: int) -> list[str]:
+    from posterlens import catalog as catalogs
+
+    return catalogs.read_catalog(catalog, images)["path"].tolist()[:limit]
+
+
+def one_pass(files: list[str], backbone: str, cache: str, engine: str, batch: int) -> dict:
+    """A cold ``embed_files`` in this process (called in a fresh one)."""
+    from posterlens import backbones, features
 
     start = time.perf_counter()
-    table = catalogs.read_catalog(catalog, images)
-    result = features.embed_files(table["path"].tolist(), backbones.resolve(backbone), Path(cache),
-                                  engine=engine, progress=False)
+    result = features.embed_files(files, backbones.resolve(backbone), Path(cache), engine=engine,
+                                  batch_size=batch, progress=False)
     seconds = time.perf_counter() - start
-    return {"posters": len(table), "computed": result.computed, "cached": result.cached,
-            "seconds": round(seconds, 2), "posters_per_s": round(len(table) / seconds, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    return {"computed": result.computed, "seconds": seconds, "posters_per_s": len(files) / seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def model_only(files: list[str], backbone_name: str, cache: Path, setups, repeats: int) -> dict:
+    """posters/s of each runner on the same decoded posters."""
+    import numpy as np
+
+    from posterlens import backbones, features
+    from posterlens.images import decode, read_poster_bytes
+
+    backbone = backbones.resolve(backbone_name)
+    pixels = np.stack([np.asarray(decode(f, read_poster_bytes(f), (backbone.width, backbone.height)))
+                       for f in files[:128]])
+    runners = {setup: features.make_runner(backbone, cache, setup[0]) for setup in setups}
+    times: dict = {setup: [] for setup in setups}
+    for _ in range(repeats):
+        for (engine, batch), run in runners.items():
+            run(pixels[:batch])  # warm
+            start = time.perf_counter()
+            for i in range(0, len(pixels), batch):
+                run(pixels[i:i + batch])
+            times[(engine, batch)].append(len(pixels) / (time.perf_counter() - start))
+    return times
+
+
+def _report(title: str, values: dict, unit: str) -> None:
+    print(f"\n{title}")
+    first = statistics.median(next(iter(values.values())))
+    for (engine, batch), runs in values.items():
+        median = statistics.median(runs)
+        print(f"  {engine:>9} batch {batch:<3} {unit}: min {min(runs):7.1f}  median {median:7.1f}  "
+              f"ratio {median / first:4.2f}x")
 
 
 def main() -> None:
@@ -38,18 +90,38 @@ def main() -> None:
     parser.add_argument("--catalog", default=str(SHARED / "MovieGenre.csv"))
     parser.add_argument("--images", default=str(SHARED / "images"))
     parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--engine", default="onnx")
-    parser.add_argument("--one-pass", metavar="CACHE", help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--setups", default="onnx:32,onnx:8,openvino:8")
+    parser.add_argument("--one-pass", nargs=3, metavar=("CACHE", "ENGINE", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    files = _files(args.catalog, args.images, args.limit)
     if args.one_pass:
-        print(json.dumps(one_pass(args.catalog, args.images, args.backbone, args.one_pass, args.engine)))
+        cache, engine, batch = args.one_pass
+        print(json.dumps(one_pass(files, args.backbone, cache, engine, int(batch))))
         return
-    with tempfile.TemporaryDirectory() as cache:
-        for name in ("cold", "cached"):
-            out = subprocess.run([sys.executable, __file__, "--catalog", args.catalog, "--images", args.images,
-                                  "--backbone", args.backbone, "--engine", args.engine, "--one-pass", cache],
-                                 check=True, capture_output=True, text=True).stdout
-            print(f"{name:>6} ({args.backbone}, {args.engine}):", out.strip())
+    setups = _setups(args.setups)
+    with tempfile.TemporaryDirectory() as tmp:
+        exports = Path(tmp) / "exports"
+        model = model_only(files, args.backbone, exports, setups, args.repeats)
+        speed: dict = {s: [] for s in setups}
+        memory: dict = {s: [] for s in setups}
+        for r in range(args.repeats):
+            for engine, batch in setups:
+                cache = Path(tmp) / f"run-{engine}-{batch}-{r}"
+                shutil.copytree(exports / "onnx", cache / "onnx")
+                out = subprocess.run([sys.executable, __file__, "--catalog", args.catalog, "--images", args.images,
+                                      "--backbone", args.backbone, "--limit", str(args.limit),
+                                      "--one-pass", str(cache), engine, str(batch)],
+                                     check=True, capture_output=True, text=True).stdout
+                result = json.loads(out.strip().splitlines()[-1])
+                speed[(engine, batch)].append(result["posters_per_s"])
+                memory[(engine, batch)].append(result["peak_rss_mb"])
+                shutil.rmtree(cache)
+    print(f"{args.backbone}, {len(files)} posters, {args.repeats} repeats")
+    _report("model only (128 decoded posters)", model, "posters/s")
+    _report(f"cold embed_files ({len(files)} posters, fresh process, empty cache)", speed, "posters/s")
+    _report("cold embed_files peak RSS", memory, "MB")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
-from posterlens import backbones, catalog, features, metrics, train  # before fastai (imported where used)
+from posterlens import backbones, catalog, features, metrics, safeio, train
 from posterlens.heads import GenreClassifier, LabelRule, save_arrays
 from posterlens.images import PosterError, decode
 
@@ -547,10 +547,10 @@ def describe(split: Split, catalog_path: Path, quick: bool, seed: int, models: l
 
 def plot(frame: pd.DataFrame, path: Path) -> Path:
     """Macro-mAP and micro-F1 per model (baselines included) and inference time."""
-    from posterlens.report import _pyplot, _save
+    from matplotlib.figure import Figure
 
-    plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.45 * len(frame) + 1.5), gridspec_kw={"width_ratios": [3, 2]})
+    fig = Figure(figsize=(11, 0.45 * len(frame) + 1.5))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     y = np.arange(len(frame))
     left.barh(y - 0.2, frame["macro_map"], 0.4, label="macro-mAP")
     left.barh(y + 0.2, frame["micro_f1"], 0.4, label="micro-F1")
@@ -561,15 +561,17 @@ def plot(frame: pd.DataFrame, path: Path) -> Path:
     right.barh(y, frame["infer_ms_per_poster"].fillna(0.0), color="tab:gray")
     right.set(yticks=y, yticklabels=[], xlabel="ms per poster (file -> probabilities)", title="Inference")
     right.invert_yaxis()
-    return _save(fig, path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
 
 
 def write_outputs(frame: pd.DataFrame, notes: list[str], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "compare.csv", index=False)
+    safeio.write_csv(frame, out / "compare.csv")
     text = ["# Architecture comparison", "", _display(frame).to_markdown(index=False), "", *notes, "",
             "![comparison](compare.png)", ""]
-    (out / "compare.md").write_text("\n".join(text))
+    safeio.write_text(out / "compare.md", "\n".join(text))
     plot(frame, out / "compare.png")
 
 
@@ -577,6 +579,9 @@ def compare(catalog_path: Path, images: Path | None, out: Path, *, cache: Path, 
             epochs: int | None = None, image_size: tuple[int, int] | None = None, quick: bool = False,
             seed: int = 42, progress: bool = True) -> pd.DataFrame:
     """Train and score every model on one shared split; write compare.csv/.md/.png to ``out``."""
+    from posterlens import _compat
+
+    _compat.ensure_torchvision()  # fastai imports torchvision
     start = time.perf_counter()
     names = list(models or (QUICK_MODELS if quick else default_models()))
     for name in names:
