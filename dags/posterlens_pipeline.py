@@ -11,9 +11,25 @@ config.json checksums every file, and both fit in seconds on cached embeddings.
 
 from __future__ import annotations
 
+import dataclasses
+
 from airflow.sdk import Param, dag, get_current_context, task
 
 from posterlens import pipeline
+
+# The fields without a default in PipelineConfig get these; every other default comes from it.
+RUN_DEFAULTS = {"catalog": "examples/sample/MovieGenre.csv", "images": "runs/airflow/images", "out": "runs/airflow"}
+_JSON_TYPES = {"str": "string", "int": "integer", "bool": "boolean", "None": "null"}
+
+
+def params() -> dict[str, Param]:
+    """The DAG's params: one per ``PipelineConfig`` field, with its default and type."""
+    result = {}
+    for field in dataclasses.fields(pipeline.PipelineConfig):
+        types = [_JSON_TYPES[t.strip()] for t in str(field.type).split("|")]
+        default = RUN_DEFAULTS.get(field.name, field.default)
+        result[field.name] = Param(default, type=types[0] if len(types) == 1 else types)
+    return result
 
 
 def _config(cfg: dict) -> pipeline.PipelineConfig:
@@ -25,17 +41,7 @@ def _config(cfg: dict) -> pipeline.PipelineConfig:
     schedule=None,
     catchup=False,
     tags=["posterlens"],
-    params={
-        "catalog": Param("examples/sample/MovieGenre.csv", type="string", description="MovieGenre.csv with Poster URLs"),
-        "images": Param("runs/airflow/images", type="string", description="folder for the downloaded posters"),
-        "out": Param("runs/airflow", type="string", description="model, report, predictions"),
-        "backbone": Param("efficientnet_lite0", type="string"),
-        "epochs": Param(20, type="integer", minimum=1),
-        "shard_size": Param(500, type="integer", minimum=1),
-        "concurrency": Param(16, type="integer", minimum=1),
-        "min_genre_count": Param(20, type="integer", minimum=1),
-        "cache": Param(None, type=["null", "string"], description="feature cache (default: <out>/cache)"),
-    },
+    params=params(),
 )
 def posterlens_pipeline():
     @task

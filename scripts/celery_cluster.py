@@ -549,7 +549,8 @@ def run_sample(cluster: Cluster, catalog: Path, work: Path, run_id: str, shard_s
     SIGKILLed while an ``embed`` shard it runs is part way through.
     """
     conf = {"catalog": str(catalog), "images": str(work / "images"), "out": str(work / run_id),
-            "shard_size": shard_size, "epochs": epochs, "min_genre_count": 10}
+            "shard_size": shard_size, "epochs": epochs, "min_genre_count": 10, "allow_private_hosts": True,
+            "backbone": "efficientnet_lite0"}  # one backbone: this run is about the workers, not the features
     start = time.monotonic()
     cluster.trigger(conf, run_id)
     killer = KillDuringEmbed(cluster, run_id, conf) if kill_worker else None

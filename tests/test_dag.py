@@ -75,7 +75,7 @@ def dag_runs(airflow_db, catalog_with_urls, tmp_path_factory):
     """Two runs of the DAG on the sample, posters served over HTTP."""
     out = tmp_path_factory.mktemp("run")
     conf = {"catalog": str(catalog_with_urls), "images": str(out / "images"), "out": str(out / "run"),
-            "shard_size": 100, "min_genre_count": 10, "epochs": 10}
+            "shard_size": 100, "min_genre_count": 10, "epochs": 10, "allow_private_hosts": True}
     dag = _dag()
     first = dag.test(run_conf=conf)
     first_summary = json.loads((out / "run" / "summary.json").read_text())
