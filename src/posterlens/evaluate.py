@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from posterlens import catalog, metrics, report, safeio, similar
-from posterlens.model import PosterModel, load
+from posterlens.model import PosterModel, load, read_config
 from posterlens.train import CURVES_FILE, TRAINING_SET_FILE, Dataset, load_dataset
 
 log = logging.getLogger(__name__)
@@ -94,30 +94,145 @@ def evaluate(model_dir: Path, catalog_path: Path, images: Path | None, out: Path
     for name, table in tables.items():
         safeio.write_csv(table, out / f"{name}.csv")
     safeio.write_json(out / "metrics.json", result)
-    figures = make_figures(model, model_dir, data, arrays, tables, out, grid)
-    page = report.write_html(out, result, tables["per_genre"], tables["confusions"], figures)
-    return Evaluation(result, page)
+    tables["per_genre"] = tables["per_genre"].assign(prevalence=prevalence(data, arrays["Y"]))  # chance AP, for the page
+    pick = np.random.default_rng(0).choice(len(data.table), size=min(grid, len(data.table)), replace=False)
+    figures = make_figures(model, model_dir, data, arrays, tables, out, pick)
+    page = build_page(model_dir, model, catalog_path, data, arrays, result, tables, figures, pick)
+    return Evaluation(result, report.write_html(out, page))
+
+
+def build_page(model_dir: Path, model: PosterModel, catalog_path: Path, data: Dataset, arrays: dict, result: dict,
+               tables: dict, figures: dict[str, str], pick: np.ndarray, misses: int = 6, searches: int = 4) -> report.Page:
+    """Everything ``report.html`` shows: facts, metric tables, figures and poster cards."""
+    views = PosterViews(model, data, arrays)
+    return report.Page(
+        header=header(model_dir, model, catalog_path, result), metrics=result,
+        tables=report.metric_tables(result, model.info.get("validation")),
+        per_genre=tables["per_genre"], confusions=tables["confusions"], figures=figures,
+        samples=[views.poster(i) for i in pick],
+        score_misses=[views.poster(i, score_error=True) for i in worst_score_misses(arrays, misses)],
+        genre_misses=[views.poster(i) for i in worst_genre_misses(data, arrays, misses)],
+        searches=similar_searches(model_dir, model, data, arrays, pick[:searches]),
+        files=[f"{name}.csv" for name in tables] + ["metrics.json"] + [f"{name}.png" for name in figures],
+    )
+
+
+def labelled_rows(data: Dataset) -> np.ndarray:
+    """Mask of the posters with genres (the genre metrics are computed on them)."""
+    return np.array([len(g) > 0 for g in data.table["genres"]])
+
+
+def prevalence(data: Dataset, Y: np.ndarray) -> np.ndarray:
+    """Share of the posters with genres that have each genre: the average precision of chance."""
+    return Y[labelled_rows(data)].mean(axis=0)
 
 
 def make_figures(model: PosterModel, model_dir: Path, data: Dataset, arrays: dict, tables: dict,
-                 out: Path, grid: int) -> list[Path]:
-    figures = []
+                 out: Path, pick: np.ndarray) -> dict[str, str]:
+    """Write the PNG figures into ``out``; returns name -> PNG data URI for the page."""
+    figures = {}
     curves = model_dir / CURVES_FILE
     if curves.is_file():
-        figures.append(report.plot_curves(pd.read_csv(curves), out / "training_curves.png"))
-    figures.append(report.plot_reliability(tables["reliability"], out / "reliability.png"))
-    figures.append(report.plot_per_genre(tables["per_genre"], out / "per_genre.png"))
+        figures["training_curves"] = report.plot_curves(pd.read_csv(curves))
+    figures["reliability"] = report.plot_reliability(tables["reliability"])
+    figures["per_genre"] = report.plot_per_genre(tables["per_genre"])
+    labelled = labelled_rows(data)
+    figures["pr_curves"] = report.plot_pr_curves(arrays["Y"][labelled], arrays["P"][labelled], tables["per_genre"])
     has = ~np.isnan(arrays["scores"])
     if model.score_model is not None and has.any():
-        figures.append(report.plot_scores(arrays["scores"][has], arrays["predicted"][has], out / "scores.png"))
-    figures.append(report.plot_genre_distribution(model.info["train_genre_counts"], model.info["n_train"],
-                                                  out / "genre_distribution.png"))
-    pick = np.random.default_rng(0).choice(len(data.table), size=min(grid, len(data.table)), replace=False)
+        figures["scores"] = report.plot_scores(arrays["scores"][has], arrays["predicted"][has])
+    figures["genre_distribution"] = report.plot_genre_distribution(model.info["train_genre_counts"], model.info["n_train"])
     names = lambda row: "|".join(g for g, on in zip(model.genres, row) if on) or "-"  # noqa: E731
     sample = data.table.iloc[pick].assign(
         true=["|".join(g) for g in data.table["genres"].iloc[pick]],
         predicted=[names(row) for row in arrays["L"][pick]],
         predicted_score=arrays["predicted"][pick],
     )
-    figures.append(report.plot_poster_grid(sample, out / "sample_posters.png"))
-    return figures
+    figures["sample_posters"] = report.plot_poster_grid(sample)
+    return {name: report.save_figure(fig, out / f"{name}.png") for name, fig in figures.items()}
+
+
+def header(model_dir: Path, model: PosterModel, catalog_path: Path, result: dict) -> report.Header:
+    """The page's header facts, quoted from the model directory and the evaluation."""
+    return report.Header(
+        model_dir=str(model_dir), backbones=[b.name for b in model.features.backbones], catalogue=str(catalog_path),
+        n_posters=result["n_posters"], n_genres=result["n_genres"], n_train=model.info["n_train"],
+        validated_on=model.info.get("evaluated_on", "not recorded"),
+        model_version=str(read_config(model_dir).get("posterlens_version", "unknown")),
+        fingerprint=model.info.get("data_fingerprint", ""),
+    )
+
+
+def _number(value) -> float | None:
+    """A score as a float, None where it is missing (NaN or empty)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(value) else value
+
+
+@dataclass
+class PosterViews:
+    """Evaluated posters as the page's poster cards."""
+
+    model: PosterModel
+    data: Dataset
+    arrays: dict
+
+    def genres(self, i: int) -> list[tuple[str, str]]:
+        """Predicted genres as hits or wrong, then the true genres missed ("other": outside the model's genres)."""
+        true = self.data.table["genres"].iloc[i]
+        predicted = [g for g, on in zip(self.model.genres, self.arrays["L"][i]) if on]
+        missed = [(g, "missed" if g in self.model.genres else "other") for g in true if g not in predicted]
+        return [(g, "hit" if g in true else "extra") for g in predicted] + missed
+
+    def poster(self, i: int, score_error: bool = False, top: int = 5) -> report.Poster:
+        row = self.data.table.iloc[i]
+        P, true = self.arrays["P"][i], set(row["genres"])
+        score, predicted = _number(self.arrays["scores"][i]), _number(self.arrays["predicted"][i])
+        note = f"score error {predicted - score:+.1f}" if score_error and None not in (score, predicted) else ""
+        probabilities = [(self.model.genres[j], float(P[j]), self.model.genres[j] in true) for j in np.argsort(-P)[:top]]
+        return report.Poster(row["title"], report.thumbnail(row["path"]), self.genres(i), probabilities,
+                             score, predicted, note)
+
+
+def worst_score_misses(arrays: dict, n: int) -> np.ndarray:
+    """The ``n`` posters whose predicted score is furthest from the true one."""
+    error = np.abs(arrays["predicted"] - arrays["scores"])
+    known = np.flatnonzero(~np.isnan(error))
+    return known[np.argsort(-error[known], kind="stable")][:n]
+
+
+def worst_genre_misses(data: Dataset, arrays: dict, n: int) -> np.ndarray:
+    """The ``n`` posters with genres with the most wrong genre decisions (then the most confidently wrong)."""
+    Y, P, L = arrays["Y"], arrays["P"], arrays["L"]
+    wrong, distance = (Y != L).sum(axis=1), np.abs(Y - P).sum(axis=1)
+    rows = np.flatnonzero(labelled_rows(data))
+    return rows[np.lexsort((-distance[rows], -wrong[rows]))][:n]
+
+
+def similar_searches(model_dir: Path, model: PosterModel, data: Dataset, arrays: dict, queries: np.ndarray,
+                     k: int = 5) -> list[report.Search]:
+    """Example similar-movie searches: evaluated posters and their ``k`` nearest training posters.
+
+    Training posters are looked up by id in the folder the evaluated posters came from
+    (the catalogue's images folder); a card without a file shows no poster.
+    """
+    index = similar.SimilarIndex.load(model_dir, len(model.genres))
+    if index is None or not len(queries):
+        return []
+    folder = Path(data.table["path"].iloc[queries[0]]).parent
+    paths = dict(zip(index.movies["id"], catalog.attach_posters(index.movies.assign(url=None), folder)["path"]))
+    found = index.query(arrays["P"][queries], k, exclude=[data.keys[i] for i in queries])
+    searches = []
+    for i, neighbours in zip(queries, found):
+        row = data.table.iloc[i]
+        query = report.Poster(row["title"], report.thumbnail(row["path"]), [(g, "other") for g in row["genres"]],
+                              score=_number(arrays["scores"][i]), note="query")
+        cards = [report.Poster(m.title, report.thumbnail(paths.get(m.id)),
+                               [(g, "shared" if g in row["genres"] else "other") for g in m.genres.split("|") if g],
+                               score=_number(m.score), note=f"similarity {m.similarity:.2f}")
+                 for m in neighbours.itertuples()]
+        searches.append(report.Search(query, cards))
+    return searches
