@@ -141,3 +141,12 @@ def test_compaction_merges_chunks(posters, tmp_path, onnx, monkeypatch):
     assert len(chunks) == 1
     again = features.embed_files(posters, SPEC, tmp_path, runner=Counting(onnx), progress=False)
     assert np.array_equal(again.features, result.features)
+
+
+def test_openvino_parallel_requests_equal_one_request(tmp_path):
+    runner = features.OpenVINORunner(SPEC, tmp_path, threads=2)
+    batch = np.random.default_rng(0).integers(0, 256, (5, SPEC.height, SPEC.width, 3), dtype=np.uint8)
+    together = runner(batch)  # 5 >= 2 * 2 threads: split over 2 requests at once
+    one_by_one = np.concatenate([runner(batch[i:i + 1]) for i in range(5)])
+    assert runner.parallel is not None and together.shape == (5, SPEC.feature_dim)
+    np.testing.assert_allclose(together, one_by_one, rtol=1e-4, atol=1e-4)
