@@ -130,14 +130,14 @@ class LabelRule:
     """Probabilities -> genres for the poster as a whole.
 
     Each genre has a threshold: the cut that maximises that genre's F1 on out-of-fold
-    probabilities. A poster gets the genres over their threshold, at most ``max_labels``
-    of them, and always at least its top genre. Genres are ranked by
+    probabilities, times ``threshold_scale``. A poster gets the genres over their threshold,
+    at most ``max_labels`` of them, and always at least its top genre. Genres are ranked by
     ``p / threshold ** rank_power``: 0 ranks by probability (common genres first), 1 by
     how far each genre clears its own bar (rare genres first); 0.5 sits between.
     """
 
-    def __init__(self, max_labels: int = 4, rank_power: float = 0.5):
-        self.max_labels, self.rank_power = max_labels, rank_power
+    def __init__(self, max_labels: int = 4, rank_power: float = 0.5, threshold_scale: float = 1.1):
+        self.max_labels, self.rank_power, self.threshold_scale = max_labels, rank_power, threshold_scale
 
     @staticmethod
     def f1_thresholds(Y: np.ndarray, P: np.ndarray) -> np.ndarray:
@@ -154,7 +154,7 @@ class LabelRule:
         return thresholds
 
     def fit(self, Y: np.ndarray, P: np.ndarray) -> "LabelRule":
-        self.thresholds_ = np.clip(self.f1_thresholds(Y, P), 1e-4, 1.0).astype(np.float32)
+        self.thresholds_ = np.clip(self.f1_thresholds(Y, P) * self.threshold_scale, 1e-4, 1.0).astype(np.float32)
         return self
 
     def predict(self, P: np.ndarray) -> np.ndarray:
@@ -175,16 +175,17 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
     weights with ``pos_weight``) by fastai's ``fit_one_cycle``. ``calibration_folds``
     networks trained on the other folds give out-of-fold logits for every poster: a
     per-genre ``sigmoid(a * z + b)`` (Platt) is fitted on them, and then the label rule
-    (``LabelRule(max_labels, rank_power)``) on the calibrated out-of-fold probabilities.
+    (``LabelRule(max_labels, rank_power, threshold_scale)``) on the calibrated out-of-fold probabilities.
     The network that predicts is the one trained on all of ``X``.
     """
 
     def __init__(self, hidden: int = 0, dropout: float = 0.5, epochs: int = 20, lr: float = 3e-3,
                  wd: float = 30.0, pos_weight: bool = True, batch_size: int = 256, calibration_folds: int = 5,
-                 max_labels: int = 4, rank_power: float = 0.5, seed: int = 42):
+                 max_labels: int = 4, rank_power: float = 0.5, threshold_scale: float = 1.1, seed: int = 42):
         self.hidden, self.dropout, self.epochs, self.lr, self.wd = hidden, dropout, epochs, lr, wd
         self.pos_weight, self.batch_size, self.calibration_folds = pos_weight, batch_size, calibration_folds
-        self.max_labels, self.rank_power, self.seed = max_labels, rank_power, seed
+        self.max_labels, self.rank_power, self.threshold_scale = max_labels, rank_power, threshold_scale
+        self.seed = seed
 
     # the network alone
     def _fit_network(self, X: np.ndarray, Y: np.ndarray, valid: tuple[np.ndarray, np.ndarray] | None = None):
@@ -223,7 +224,7 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
         self.mean_, self.std_, self.module_, self.log_ = self._fit_network(X, Y, valid)
         self.calibrate(oof, Y)
         self.oof_proba_ = sigmoid(oof * self.scale_ + self.bias_)
-        self.rule_ = LabelRule(self.max_labels, self.rank_power).fit(Y, self.oof_proba_)
+        self.rule_ = LabelRule(self.max_labels, self.rank_power, self.threshold_scale).fit(Y, self.oof_proba_)
         self.n_features_in_ = X.shape[1]
         return self
 
@@ -276,7 +277,7 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
     def from_arrays(cls, arrays: dict[str, np.ndarray], params: dict) -> "GenreClassifier":
         clf = cls(**params)
         clf.mean_, clf.std_, clf.scale_, clf.bias_ = arrays["mean"], arrays["std"], arrays["scale"], arrays["bias"]
-        clf.rule_ = LabelRule(clf.max_labels, clf.rank_power)
+        clf.rule_ = LabelRule(clf.max_labels, clf.rank_power, clf.threshold_scale)
         clf.rule_.thresholds_ = arrays["thresholds"]
         clf.n_features_in_ = len(clf.mean_)
         clf.module_ = _load_module(_mlp(len(clf.mean_), len(clf.scale_), clf.hidden, clf.dropout), arrays)
@@ -302,7 +303,7 @@ class ScoreRegressor(RegressorMixin, BaseEstimator):
     (exact kernel ridge needs 16 B x N^2 of memory and an O(N^3) solve).
     """
 
-    def __init__(self, components: int = 256, kernel_components: int = 1000, gamma_scale: float = 1.0,
+    def __init__(self, components: int = 128, kernel_components: int = 500, gamma_scale: float = 1.0,
                  alpha: float = 3.0, seed: int = 0):
         self.components, self.kernel_components = components, kernel_components
         self.gamma_scale, self.alpha, self.seed = gamma_scale, alpha, seed
