@@ -1,13 +1,20 @@
-"""The command line: help everywhere, embed end to end, clear errors."""
+"""The command line: help everywhere, a light import, conventions, embed end to end, clear errors."""
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
+
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
-from posterlens.cli import app
+from posterlens import __version__
+from posterlens.cli import Engine, app, validation_table
 
 runner = CliRunner()
+HEAVY = ("torch", "timm", "fastai", "sklearn", "onnxruntime", "openvino", "pandas", "matplotlib", "numpy", "PIL")
 
 
 def _commands() -> list[str]:
@@ -23,6 +30,43 @@ def test_every_command_has_help(command):
     assert "Usage" in result.output
 
 
+def test_importing_the_cli_imports_no_heavy_library():
+    code = f"import posterlens.cli, sys; print([m for m in {HEAVY!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_python_m_posterlens_and_version():
+    done = subprocess.run([sys.executable, "-m", "posterlens", "--version"], capture_output=True, text=True)
+    assert (done.returncode, done.stdout.strip()) == (0, f"posterlens {__version__}")
+    assert runner.invoke(app, ["--version"]).output.strip() == f"posterlens {__version__}"
+
+
+def test_engine_choices_are_the_feature_engines():
+    from posterlens import features
+
+    assert tuple(e.value for e in Engine) == features.ENGINES
+
+
+def test_common_options_have_short_flags():
+    import typer.main
+
+    commands = typer.main.get_command(app).commands
+    flags = {(name, opt) for name, cmd in commands.items() for p in cmd.params for opt in p.opts}
+    for command, short in (("predict", "-m"), ("predict", "-o"), ("predict", "-i"), ("predict", "-c"),
+                           ("predict", "-k"), ("similar", "-k"), ("similar", "-m"), ("train", "-c"), ("train", "-o")):
+        assert (command, short) in flags
+
+
+def test_third_party_logging_is_quiet_unless_verbose():
+    runner.invoke(app, ["embed", "--help"])  # the callback does not run for --help
+    runner.invoke(app, ["similar", "--image", "missing.jpg", "--model", "missing"])
+    assert logging.getLogger("httpx").level == logging.WARNING
+    assert logging.getLogger("openvino").level == logging.WARNING
+    runner.invoke(app, ["-v", "similar", "--image", "missing.jpg", "--model", "missing"])
+    assert logging.getLogger("httpx").level == logging.NOTSET
+
+
 def test_embed_twice_uses_the_cache(small_catalog, shared_cache):
     args = ["embed", "--catalog", str(small_catalog), "--cache", str(shared_cache)]
     first = runner.invoke(app, args)
@@ -34,9 +78,32 @@ def test_embed_twice_uses_the_cache(small_catalog, shared_cache):
     assert cells[:4] == ["8", "0", "8", "0"]  # posters, computed, from cache, failed
 
 
-def test_bad_catalog_is_a_clear_error(tmp_path):
+def test_bad_catalog_is_one_line_naming_the_file(tmp_path):
     bad = tmp_path / "movies.csv"
     bad.write_text("imdbId,Title\n1,A\n")
-    result = runner.invoke(app, ["embed", "--catalog", str(bad)])
+    result = runner.invoke(app, ["embed", "-c", str(bad)], env={"COLUMNS": "60"})
     assert result.exit_code == 2
-    assert "movies.csv: missing column(s) IMDB Score, Genre" in " ".join(result.output.split())
+    assert len(result.output.strip().splitlines()) == 1
+    assert "movies.csv: missing column(s) IMDB Score, Genre" in result.output
+
+
+def test_missing_model_is_one_line_naming_the_option(tmp_path, monkeypatch, sample_dir):
+    from posterlens import predict
+
+    monkeypatch.setattr(predict, "released_model_dir", lambda: tmp_path / "released")
+    poster = sorted((sample_dir / "images").iterdir())[0]
+    result = runner.invoke(app, ["predict", str(poster), "-o", str(tmp_path / "out")], env={"COLUMNS": "60"})
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {predict.NO_RELEASED_MODEL}"
+
+
+def test_validation_is_shown_next_to_its_baselines():
+    validation = {"method": "20% holdout (seed 42)",
+                  "genre": {"micro_f1": 0.41, "genres_per_poster": 2.1, "true_genres_per_poster": 2.4},
+                  "score": {"mae": 0.84, "baseline_mae": 0.95, "spearman": 0.3}}
+    console = Console(record=True, width=100)
+    console.print(validation_table(validation))
+    lines = console.export_text().splitlines()
+    assert any("score mae" in line and "0.840" in line and "0.950 (baseline mae)" in line for line in lines)
+    assert any("genres_per_poster" in line and "2.400 (true genres per poster)" in line for line in lines)
+    assert not any("score baseline_mae" in line for line in lines)
