@@ -98,12 +98,16 @@ def test_missing_model_is_one_line_naming_the_option(tmp_path, monkeypatch, samp
 
 
 def test_validation_is_shown_next_to_its_baselines():
-    validation = {"method": "20% holdout (seed 42)",
-                  "genre": {"micro_f1": 0.41, "genres_per_poster": 2.1, "true_genres_per_poster": 2.4},
+    validation = {"method": "5-fold cross-validation",
+                  "genre": {"micro_f1": {"mean": 0.41, "std": 0.02}, "macro_f1": 0.3, "genres_per_poster": 2.1,
+                            "true_genres_per_poster": 2.4, "baselines": {"top2_constant": {"macro_f1": 0.12}}},
                   "score": {"mae": 0.84, "baseline_mae": 0.95, "spearman": 0.3}}
     console = Console(record=True, width=100)
     console.print(validation_table(validation))
-    lines = console.export_text().splitlines()
-    assert any("score mae" in line and "0.840" in line and "0.950 (baseline mae)" in line for line in lines)
-    assert any("genres_per_poster" in line and "2.400 (true genres per poster)" in line for line in lines)
-    assert not any("score baseline_mae" in line for line in lines)
+    rows = [[c.strip() for c in line.rstrip()[1:-1].split("│")] for line in console.export_text().splitlines()
+            if line.startswith("│")]
+    assert rows == [["genre macro_f1", "0.300", "0.120 (top-2 constant)"],
+                    ["genre micro_f1", "0.410 ± 0.020", ""],
+                    ["genre genres_per_poster", "2.100", "2.400 (true)"],
+                    ["score mae", "0.840", "0.950 (predicting the mean)"],
+                    ["score spearman", "0.300", ""]]

@@ -54,6 +54,7 @@ def test_predict_returns_a_readable_dataframe(predictor, posters):
 def test_every_kind_of_image_is_accepted(predictor, posters):
     data = posters[1].read_bytes()
     pixels = np.asarray(Image.open(posters[1]).convert("RGB"))
+    assert len(predictor.predict(np.stack([pixels, pixels]))) == 2  # an (N, H, W, 3) array: N images
     table = predictor.predict([posters[1], str(posters[2]), data, Image.fromarray(pixels), pixels])
     assert table["file"].tolist() == [str(posters[1]), str(posters[2]), "<image 2>", "<image 3>", "<image 4>"]
     genres = predictor.model.genres

@@ -209,25 +209,38 @@ def train(
         _out().print(validation_table(result.validation))
 
 
-VALIDATION_ROWS = (("genre", "macro_map", None), ("genre", "macro_f1", None), ("genre", "micro_f1", None),
-                   ("genre", "samples_f1", None), ("genre", "macro_roc_auc", None),
-                   ("genre", "genres_per_poster", "true_genres_per_poster"), ("score", "mae", "baseline_mae"),
-                   ("score", "spearman", None))  # (group, figure, its baseline in the same group)
+VALIDATION_ROWS = {"genre": ("macro_map", "macro_f1", "micro_f1", "samples_f1", "macro_roc_auc", "genres_per_poster"),
+                   "score": ("mae", "spearman")}
+# what a figure is read against, where train's validation has it: (group, figure) -> (its key, what it is)
+REFERENCES = {("genre", "genres_per_poster"): ("true_genres_per_poster", "true"),
+              ("score", "mae"): ("baseline_mae", "predicting the mean")}
+
+
+def _show(value) -> str:
+    """A figure: mean ± std for cross-validation, one value for a holdout."""
+    return f"{value['mean']:.3f} ± {value['std']:.3f}" if isinstance(value, dict) else f"{value:.3f}"
+
+
+def _reference(group: str, name: str, figures: dict) -> str:
+    """The baseline of ``name`` in ``figures``: the top-2-constant one (``baselines``, as evaluate
+    writes them) or ``REFERENCES``; empty when train did not compute it."""
+    top2 = (figures.get("baselines") or {}).get("top2_constant") or {}
+    if name in top2:
+        return f"{_show(top2[name])} (top-2 constant)"
+    key, label = REFERENCES.get((group, name), (None, ""))
+    return f"{_show(figures[key])} ({label})" if key in figures else ""
 
 
 def validation_table(validation: dict) -> Table:
-    """Headline figures next to their baselines: mean ± std for cross-validation, one value for a holdout."""
-    def show(value) -> str:
-        return f"{value['mean']:.3f} ± {value['std']:.3f}" if isinstance(value, dict) else f"{value:.3f}"
-
+    """Train's headline validation figures next to their baselines."""
     table = Table(title=f"validation: {validation['method']}")
-    for column in ("metric", "value", "baseline"):
-        table.add_column(column, justify="right" if column != "metric" else "left", overflow="fold")
-    for group, name, baseline in VALIDATION_ROWS:
+    table.add_column("metric", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
+    table.add_column("baseline", justify="right", overflow="fold")
+    for group, names in VALIDATION_ROWS.items():
         figures = validation.get(group) or {}
-        if name in figures:
-            base = f"{show(figures[baseline])} ({baseline.replace('_', ' ')})" if baseline in figures else ""
-            table.add_row(f"{group} {name}", show(figures[name]), base)
+        for name in (n for n in names if n in figures):
+            table.add_row(f"{group} {name}", _show(figures[name]), _reference(group, name, figures))
     return table
 
 

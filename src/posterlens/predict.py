@@ -25,21 +25,20 @@ import tempfile
 import warnings
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence, Union
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from posterlens import features, model as model_files, safeio
+from posterlens.backbones import Backbone
 from posterlens.images import PosterError
 from posterlens.similar import SimilarIndex
 
-if TYPE_CHECKING:
-    from PIL.Image import Image
-
 log = logging.getLogger(__name__)
 
-ImageInput = Union[str, Path, bytes, np.ndarray, "Image"]
+ImageInput = Union[str, Path, bytes, np.ndarray, Image.Image]
 ERROR_COLUMNS = ["file", "reason"]
 MEMO_SIZE = 1024  # embeddings of poster files a Predictor keeps in memory
 NO_RELEASED_MODEL = "no released model in this installation: pass --model DIR or run `make release-model`"
@@ -60,9 +59,9 @@ def model_dir_or_released(model_dir: str | Path | None) -> Path:
     return released
 
 
-def _is_single(images) -> bool:
-    return isinstance(images, (str, Path, bytes)) or (isinstance(images, np.ndarray) and images.ndim < 4) \
-        or hasattr(images, "getpixel")  # a PIL image
+def _is_single(images: ImageInput | Iterable[ImageInput]) -> bool:
+    """Whether ``images`` is one image rather than a list (or an (N, H, W, 3) array) of them."""
+    return isinstance(images, (str, Path, bytes, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim < 4)
 
 
 def _as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
@@ -91,7 +90,7 @@ def _file_id(path: str, mirror: bool) -> tuple | None:
     return path, stat.st_size, stat.st_mtime_ns, mirror
 
 
-def _lazy_runner(backbone, cache: Path, engine: str) -> features.Runner:
+def _lazy_runner(backbone: Backbone, cache: Path, engine: str) -> features.Runner:
     """``features.make_runner``, built on the first batch: posters found in the cache need no network."""
     built: list[features.Runner] = []
 
@@ -105,8 +104,6 @@ def _lazy_runner(backbone, cache: Path, engine: str) -> features.Runner:
 
 def _write_image(image: ImageInput, path: Path) -> None:
     """An in-memory image as a file for the embedding step: bytes as they are, the others as PNG."""
-    from PIL import Image
-
     if isinstance(image, bytes):
         path.write_bytes(image)
         return
