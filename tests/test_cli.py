@@ -111,3 +111,20 @@ def test_validation_is_shown_next_to_its_baselines():
                     ["genre genres_per_poster", "2.100", "2.400 (true)"],
                     ["score mae", "0.840", "0.950 (predicting the mean)"],
                     ["score spearman", "0.300", ""]]
+
+
+def test_a_missing_images_folder_is_a_usage_error_naming_the_option(tmp_path):
+    result = runner.invoke(app, ["predict", "-i", str(tmp_path / "missing"), "-o", str(tmp_path / "out")],
+                           env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    assert "'--images' / '-i'" in result.output and "does not exist" in result.output
+
+
+def test_train_ends_with_validation_next_to_baselines(sample_dir, shared_cache, tmp_path):
+    result = runner.invoke(app, ["train", "-c", str(sample_dir / "MovieGenre.csv"), "-o", str(tmp_path / "model"),
+                                 "--epochs", "1", "--min-genre-count", "10", "--no-refit", "--cache", str(shared_cache)],
+                           env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model" / "config.json").is_file()
+    assert "validation: 20% holdout (seed 42)" in result.output
+    assert any("score mae" in line and "(predicting the mean)" in line for line in result.output.splitlines())

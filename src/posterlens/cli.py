@@ -280,7 +280,8 @@ def _print_metrics(metrics: dict) -> None:
 def predict(
     files: Optional[list[Path]] = typer.Argument(None, help="poster files (or use --images / --catalog)"),
     model: Optional[Path] = ReleasedModelOpt,
-    images: Optional[Path] = typer.Option(None, "--images", "-i", help="folder of posters (all files), or with --catalog"),
+    images: Optional[Path] = typer.Option(None, "--images", "-i", exists=True, file_okay=False,
+                                          help="folder of posters (all files), or with --catalog"),
     catalog: Optional[Path] = typer.Option(None, "--catalog", "-c", help="predict the catalogue's posters"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the prediction CSV files"),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="average each poster with its mirror image"),
