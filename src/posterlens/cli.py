@@ -11,7 +11,7 @@ import sys
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -20,6 +20,11 @@ from rich.text import Text
 
 from posterlens import __version__
 from posterlens.backbones import DEFAULT_FEATURES
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from posterlens.features import Embeddings, FeatureSpec
 
 app = typer.Typer(help="Read a movie from its poster: genres, IMDb-style score, similar movies.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -107,7 +112,7 @@ def _out() -> Console:
 
 
 def _embed_catalog(catalog: Path, images: Optional[Path], backbone: Optional[list[str]], weights: Optional[Path],
-                   cache: Path, engine: str = "auto", batch_size: int = 8):
+                   cache: Path, engine: str = "auto", batch_size: int = 8) -> tuple[pd.DataFrame, FeatureSpec, Embeddings]:
     """Read the catalogue and embed its posters (progress bar); returns (table, spec, embeddings)."""
     from posterlens import catalog as catalogs, features
     from posterlens.train import TrainConfig
@@ -262,6 +267,7 @@ def evaluate(
 
 
 def _print_metrics(metrics: dict) -> None:
+    """Evaluate's figures next to the top-2-constant and priors baselines."""
     genre = metrics["genre"]
     base = genre["baselines"]
     table = Table(title=f"{metrics['n_posters']} unseen posters, {metrics['n_genres']} genres")
@@ -314,7 +320,7 @@ def predict(
         raise typer.Exit(code=1)
 
 
-def predictions_table(predictions) -> Table:
+def predictions_table(predictions: pd.DataFrame) -> Table:
     """Poster, score, genres and the three most likely genres, one row a poster."""
     genres = predictions.attrs["genres"]
     view = Table(title="Predictions")
