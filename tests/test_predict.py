@@ -1,18 +1,22 @@
-"""Batch predictions in the original CSV formats, TTA, errors, and similar movies."""
+"""Predictions: the DataFrame API, the original CSV formats, TTA, errors, similar movies and the CLI."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 import posterlens
 from posterlens import predict
 from posterlens.cli import app
+from posterlens.model import ModelError
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +24,15 @@ def predictor(trained_model, shared_cache):
     return posterlens.load(trained_model, shared_cache)
 
 
+@pytest.fixture(scope="module")
+def posters(sample_dir):
+    return sorted((sample_dir / "images").iterdir())
+
+
 @pytest.fixture
-def folder(tmp_path, sample_dir):
+def folder(tmp_path, posters):
     """Five real posters, a corrupt JPEG, a text file named .jpg and an empty file."""
-    posters = sorted((sample_dir / "images").iterdir())[:5]
-    for p in posters:
+    for p in posters[:5]:
         shutil.copy(p, tmp_path)
     (tmp_path / "corrupt.jpg").write_bytes(posters[0].read_bytes()[:600] + bytes(2000))
     (tmp_path / "text.jpg").write_text("this is not a poster")
@@ -32,9 +40,65 @@ def folder(tmp_path, sample_dir):
     return tmp_path
 
 
+def test_predict_returns_a_readable_dataframe(predictor, posters):
+    table = predictor.predict(posters[0])
+    genres = predictor.model.genres
+    assert list(table.columns) == ["file", "genres", "score", *genres]
+    assert table["file"].tolist() == [str(posters[0])]
+    assert set(table["genres"][0]) <= set(genres)
+    assert table[genres].to_numpy().min() >= 0 and table[genres].to_numpy().max() <= 1
+    assert table.head().equals(table) and table.attrs["errors"].empty
+    assert "file" in repr(table.head())
+
+
+def test_every_kind_of_image_is_accepted(predictor, posters):
+    data = posters[1].read_bytes()
+    pixels = np.asarray(Image.open(posters[1]).convert("RGB"))
+    assert len(predictor.predict(np.stack([pixels, pixels]))) == 2  # an (N, H, W, 3) array: N images
+    table = predictor.predict([posters[1], str(posters[2]), data, Image.fromarray(pixels), pixels])
+    assert table["file"].tolist() == [str(posters[1]), str(posters[2]), "<image 2>", "<image 3>", "<image 4>"]
+    genres = predictor.model.genres
+    P = table[genres].to_numpy()
+    np.testing.assert_allclose(P[2], P[0], atol=1e-6)  # the same bytes as the file
+    np.testing.assert_allclose(P[4], P[3], atol=1e-6)  # an array and the PIL image of it
+    assert table["score"].notna().all()
+
+
+def test_in_memory_images_are_not_cached(predictor, posters, shared_cache):
+    chunks = lambda: sorted(shared_cache.glob("features/*/*.safetensors"))  # noqa: E731
+    before = chunks()
+    flipped = np.asarray(Image.open(posters[7]).convert("RGB"))[::-1].copy()  # never seen before
+    assert len(predictor.predict(flipped)) == 1
+    assert chunks() == before
+
+
+def test_unreadable_images_are_listed_and_warned_about(predictor, folder):
+    with pytest.warns(UserWarning, match="4 of 9 images could not be read"):
+        table = predictor.predict([*predict.image_files(folder), np.zeros((4, 4), np.float64)])
+    errors = table.attrs["errors"]
+    assert list(errors.columns) == ["file", "reason"] and len(table) == 5
+    names = [f.rsplit("/", 1)[-1] for f in errors["file"]]
+    assert names == ["corrupt.jpg", "empty.jpg", "text.jpg", "<image 8>"]
+
+
+def test_repr_says_what_it_is(predictor, trained_model):
+    text = repr(predictor)
+    assert str(trained_model) in text and "efficientnet_lite0+efficientnet_lite2" in text
+    assert f"{len(predictor.model.genres)} genres" in text
+    assert f"trained on {predictor.model.info['n_train']} posters" in text and "micro-F1" in text
+
+
+def test_load_without_a_path_uses_the_released_model(trained_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(predict, "released_model_dir", lambda: tmp_path / "released")
+    with pytest.raises(ModelError, match="no released model in this installation: pass --model DIR"):
+        posterlens.load()
+    monkeypatch.setattr(predict, "released_model_dir", lambda: trained_model)
+    assert predict.model_dir_or_released(None) == trained_model
+
+
 def test_csv_files_have_the_documented_columns(predictor, folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    result = predictor.predict(predict.image_files(folder))
+    result = predictor.predict(predict.image_files(folder), warn=False)
     predict.write(result, out)
     score = pd.read_csv(out / "predictions_score.csv")
     genre = pd.read_csv(out / "predictions_genre.csv")
@@ -49,8 +113,10 @@ def test_csv_files_have_the_documented_columns(predictor, folder, tmp_path_facto
     assert (score["label"] == score["label"].round(1)).all() and score["label"].between(0, 10).all()
     probs = json.loads(genre["raw_probs"][0])
     assert list(probs) == predictor.model.genres
-    assert all(0 <= p <= 1 for p in probs.values())
+    assert probs == {g: round(float(p), 4) for g, p in zip(predictor.model.genres, result[predictor.model.genres].iloc[0])}
     assert final.merge(score, on="file")["score"].equals(final.merge(score, on="file")["label"])
+    predict.merge_files(out)  # the DAG's way: the same final table from the two part files
+    assert pd.read_csv(out / "predictions_final.csv").equals(final)
 
 
 def test_one_label_rule_in_train_evaluate_and_predict(trained, predictor, sample_dir, shared_cache, tmp_path):
@@ -64,7 +130,7 @@ def test_one_label_rule_in_train_evaluate_and_predict(trained, predictor, sample
     expected = model.genre_model.predict(data.X[holdout])  # the estimator's own rule
     files = data.table["path"][holdout].tolist()
     result = predictor.predict(files)
-    assert [[g for g, on in zip(model.genres, row) if on] for row in expected] == result.table["genres"].tolist()
+    assert [[g for g, on in zip(model.genres, row) if on] for row in expected] == result["genres"].tolist()
     Y = catalog.genre_matrix(data.table[holdout], model.genres)
     direct = metrics.genre_metrics(Y, model.genre_proba(data.X[holdout]), expected)
     evaluated = evaluate(trained.model_dir, sample_dir / "MovieGenre.csv", None, tmp_path, shared_cache, progress=False)
@@ -73,29 +139,38 @@ def test_one_label_rule_in_train_evaluate_and_predict(trained, predictor, sample
     assert trained.validation["genre"]["micro_f1"] == pytest.approx(direct["micro_f1"])  # train's own holdout figures
 
 
-def test_the_same_poster_twice_is_predicted_once(predictor, sample_dir):
-    poster = sorted((sample_dir / "images").iterdir())[0]
-    result = predictor.predict([poster, poster, str(poster)])
-    assert len(result.table) == 1 and result.errors.empty
+def test_the_same_poster_twice_is_predicted_once(predictor, posters):
+    result = predictor.predict([posters[0], posters[0], str(posters[0])])
+    assert len(result) == 1 and result.attrs["errors"].empty
 
 
-def test_tta_averages_the_poster_and_its_mirror(predictor, sample_dir):
-    poster = sorted((sample_dir / "images").iterdir())[0]
-    plain = predictor.predict([poster]).table["probabilities"][0]
-    tta = predictor.predict([poster], tta=True).table["probabilities"][0]
-    emb = predictor.embed([poster], mirror=True)
-    mirrored = dict(zip(predictor.model.genres, predictor.model.genre_proba(emb.features)[0]))
-    for g in plain:
-        assert tta[g] == pytest.approx((plain[g] + mirrored[g]) / 2, abs=1e-5)
-    assert tta != plain
+def test_a_changed_file_is_embedded_again(predictor, posters, tmp_path):
+    poster = tmp_path / "poster.jpg"
+    shutil.copy(posters[0], poster)
+    first = predictor.predict(poster)
+    shutil.copy(posters[1], poster)
+    second = predictor.predict(poster)
+    genres = predictor.model.genres
+    np.testing.assert_allclose(second[genres].to_numpy(), predictor.predict(posters[1])[genres].to_numpy(), atol=1e-6)
+    assert not np.allclose(first[genres].to_numpy(), second[genres].to_numpy())
+
+
+def test_tta_averages_the_poster_and_its_mirror(predictor, posters):
+    genres = predictor.model.genres
+    plain = predictor.predict(posters[0])[genres].to_numpy()[0]
+    tta = predictor.predict(posters[0], tta=True)[genres].to_numpy()[0]
+    emb = predictor.embed([posters[0]], mirror=True)
+    mirrored = predictor.model.genre_proba(emb.features)[0]
+    np.testing.assert_allclose(tta, (plain + mirrored) / 2, atol=1e-5)
+    assert not np.allclose(tta, plain)
 
 
 def test_similar_movies_are_ordered_and_exclude_the_query(predictor, trained_model, sample_dir):
     training = pd.read_csv(trained_model / "training_set.csv")
     poster = sample_dir / "images" / f"{training['id'][0]}.jpg"
     found = predictor.similar(poster, k=5)
-    assert list(found.columns) == ["id", "title", "genres", "score", "similarity"]
-    assert len(found) == 5
+    assert list(found.columns) == ["id", "title", "genres", "score", "similarity", "poster"]
+    assert len(found) == 5 and (found["poster"] == "").all()  # the model does not record its catalogue
     assert found["similarity"].is_monotonic_decreasing
     assert training["id"][0] not in set(found["id"])  # a poster is not its own neighbour
     # the order is the cosine order in the genre space
@@ -107,24 +182,64 @@ def test_similar_movies_are_ordered_and_exclude_the_query(predictor, trained_mod
     cosine = vectors @ query / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(query))
     assert np.allclose(cosine, found["similarity"], atol=1e-4)
     assert all(i in keys for i in found["id"])
+    assert predictor.similar(poster.read_bytes(), k=5).equals(found)  # bytes: the same poster, excluded too
+
+
+def test_similar_movies_have_their_posters_when_the_catalogue_is_known(predictor, sample_dir):
+    known = copy.copy(predictor)
+    known.__dict__.pop("_posters", None)
+    known.model = dataclasses.replace(predictor.model, info={**predictor.model.info,
+                                                               "catalog": str(sample_dir / "MovieGenre.csv")})
+    found = known.similar(sorted((sample_dir / "images").iterdir())[0], k=3)
+    assert [p.rsplit("/", 1)[-1] for p in found["poster"]] == [f"{i}.jpg" for i in found["id"]]
 
 
 def test_predict_cli_with_similar_and_summary_table(trained_model, folder, tmp_path):
-    result = CliRunner().invoke(app, ["predict", "--model", str(trained_model), "--images", str(folder),
-                                      "--out", str(tmp_path / "o"), "--similar", "3"])
+    result = CliRunner().invoke(app, ["predict", "-m", str(trained_model), "-i", str(folder),
+                                      "-o", str(tmp_path / "o"), "--similar", "3"], env={"COLUMNS": "60"})
     assert result.exit_code == 0, result.output
     assert "Predictions" in result.output and "3 could not be read" in " ".join(result.output.split())
+    table = [line for line in result.output.splitlines() if line[:1] in "┏┃┡│└"]
+    assert len(table) > 5 and all(len(line) <= 60 for line in table)  # the table wraps to the terminal
     final = pd.read_csv(tmp_path / "o" / "predictions_final.csv")
     assert list(final.columns)[-1] == "similar"
     assert (final["similar"].str.count(r" \| ") == 2).all()
 
 
-def test_similar_cli_writes_csv(trained_model, sample_dir, tmp_path):
-    poster = sorted((sample_dir / "images").iterdir())[3]
-    result = CliRunner().invoke(app, ["similar", "--model", str(trained_model), "--image", str(poster), "--k", "4",
-                                      "--out", str(tmp_path / "similar.csv")])
+def test_predict_cli_catalogue_wide_with_the_released_model(trained_model, small_catalog, tmp_path, monkeypatch):
+    monkeypatch.setattr(predict, "released_model_dir", lambda: trained_model)
+    result = CliRunner().invoke(app, ["predict", "-c", str(small_catalog), "-o", str(tmp_path / "o"), "--wide"])
     assert result.exit_code == 0, result.output
-    assert len(pd.read_csv(tmp_path / "similar.csv")) == 4
+    final = pd.read_csv(tmp_path / "o" / "predictions_final.csv")
+    genres = list(pd.read_csv(tmp_path / "o" / "predictions_genre.csv")["raw_probs"].map(json.loads)[0])
+    assert list(final.columns) == ["file", "id", "title", "score", "predicted_labels", "raw_probs", *genres]
+    catalogue = pd.read_csv(small_catalog)
+    assert sorted(final["title"]) == sorted(catalogue["Title"])
+    assert final[genres].to_numpy().max() <= 1
+
+
+def test_predict_cli_fails_when_nothing_is_predicted(trained_model, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("no")
+    result = CliRunner().invoke(app, ["predict", str(bad), "-m", str(trained_model), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "0 posters predicted, 1 could not be read" in " ".join(result.output.split())
+
+
+def test_similar_cli_writes_csv_into_the_out_folder(trained_model, sample_dir, tmp_path):
+    poster = sorted((sample_dir / "images").iterdir())[3]
+    result = CliRunner().invoke(app, ["similar", "-m", str(trained_model), "-i", str(poster), "-k", "4",
+                                      "-o", str(tmp_path / "similar")])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(tmp_path / "similar" / "similar.csv")) == 4
+
+
+def test_similar_cli_unreadable_poster_is_one_line(trained_model, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("no")
+    result = CliRunner().invoke(app, ["similar", "-m", str(trained_model), "-i", str(bad)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == f"error: {bad}: not an image (Pillow cannot identify it)"
 
 
 def test_evaluate_reports_similar_quality(trained_model, sample_dir, shared_cache, tmp_path):

@@ -1,10 +1,26 @@
-"""posterlens: read a movie from its poster (genres, IMDb-style score, similar movies)."""
+"""posterlens: read a movie from its poster (genres, IMDb-style score, similar movies).
+
+    >>> import posterlens
+    >>> predictor = posterlens.load()     # the released model; or posterlens.load("runs/model")
+    >>> predictor.predict("poster.jpg")   # DataFrame: file, genres, score, one probability column a genre
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from posterlens.predict import Predictor
 
-def load(model_dir, cache=None):
-    """Load a trained model directory: ``predict(images)`` and ``similar(image, k)``."""
+
+def load(path: str | Path | None = None, cache: str | Path | None = None) -> "Predictor":
+    """Load a model directory (default: the released model) for ``predict(images)`` and ``similar(image, k)``.
+
+    ``cache`` is the feature cache folder (default: ``$POSTERLENS_CACHE`` or ``~/.cache/posterlens``).
+    """
     from posterlens.predict import load as _load
 
-    return _load(model_dir, cache)
+    return _load(path, cache)
