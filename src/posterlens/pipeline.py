@@ -203,9 +203,9 @@ def predict_posters(config: PipelineConfig) -> dict:
     from posterlens import predict
 
     files = holdout_posters(config)
-    result = predict.load(config.model_dir, config.cache_dir).predict(files)
+    result = predict.load(config.model_dir, config.cache_dir).predict(files, warn=False)
     written = predict.write_parts(result, config.predictions_dir)
-    return {"predicted": len(result.table), "errors": len(result.errors), "files": [str(p) for p in written.values()]}
+    return {"predicted": len(result), "errors": len(result.attrs["errors"]), "files": [str(p) for p in written.values()]}
 
 
 def merge_predictions(config: PipelineConfig) -> dict:

@@ -206,8 +206,10 @@ def evaluate_split(model: PosterModel, data: Dataset, idx: np.ndarray) -> dict:
     Y = catalog.genre_matrix(table[labelled], model.genres)
     P = model.genre_proba(X[labelled])
     L = model.genre_labels(P)
+    train_Y = catalog.genre_matrix(data.table.drop(index=data.table.index[idx]), model.genres)
     result = {"genre": {**metrics.genre_metrics(Y, P, L), "genres_per_poster": float(L.sum(axis=1).mean()),
-                        "true_genres_per_poster": float(Y.sum(axis=1).mean())}}
+                        "true_genres_per_poster": float(Y.sum(axis=1).mean()),
+                        "baselines": metrics.genre_baselines(train_Y.mean(axis=0), Y)}}
     scores = table["score"].to_numpy(dtype=float)
     ok = ~np.isnan(scores)
     if model.score_model is not None and ok.sum() > 1:
@@ -276,6 +278,8 @@ def train(catalog_path: Path, images: Path | None, out: Path, config: TrainConfi
     model.info["validation"] = validation
     model.info["evaluated_on"] = validation["method"] if validation else "nothing (no holdout, no folds)"
     model.info["holdout_ids"] = data.table["id"].iloc[test_idx].tolist()
+    model.info["catalog"] = str(Path(catalog_path).resolve())  # where similar movies' posters are looked up
+    model.info["images"] = str(Path(images).resolve()) if images else None
     seconds["fit"] = time.perf_counter() - start - seconds["embed"]
     extra = {
         CURVES_FILE: curves_table(model),
