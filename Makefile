@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test bench airflow airflow-celery servers clean
+.PHONY: setup demo test bench release-model airflow airflow-celery system-packages clean
 
 setup: $(STAMP)
 
@@ -21,23 +21,29 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/posterlens demo
 
-test: setup servers
+test: setup system-packages
 	$(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python benchmarks/embed_throughput.py
+
+# Rebuild the released model (src/posterlens/released/) and its card from ../shared/data/posters;
+# CHECK=1 rebuilds it in a temporary folder and compares it with the released one instead.
+release-model: setup
+	$(BIN)/python scripts/release_model.py $(if $(CHECK),--check)
 
 airflow: setup
 	scripts/airflow_local.sh
 
 # PostgreSQL + Redis + Airflow CeleryExecutor with two workers, all on 127.0.0.1, then the DAG
 # on the sample; ARGS="--kill-worker" adds a run that loses a worker, ARGS="--keep" keeps it up.
-airflow-celery: setup servers
+airflow-celery: setup system-packages
 	PYTHON=$(BIN)/python scripts/airflow_celery.sh $(ARGS)
 
-# apt-get install postgresql redis-server, only when missing (as root); else tests/test_celery.py skips
-servers:
-	scripts/install_servers.sh || echo "PostgreSQL/Redis missing: tests/test_celery.py will skip"
+# apt-get install postgresql redis-server chromium chromium-driver, only when missing (as root);
+# without them the Celery and browser tests skip, saying why
+system-packages:
+	scripts/install_system_packages.sh || echo "system packages missing: the Celery and browser tests will skip"
 
 clean:
 	rm -rf $(VENV) .cache build airflow_home

@@ -6,6 +6,6 @@
 #   scripts/airflow_celery.sh [--shard-size 80] [--epochs 3] [--kill-worker] [--keep]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install_servers.sh
+scripts/install_system_packages.sh
 export HF_HUB_OFFLINE=1
 exec "${PYTHON:-.venv/bin/python}" scripts/celery_cluster.py "$@"

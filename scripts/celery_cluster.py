@@ -188,7 +188,7 @@ class Cluster:
     def start(self) -> "Cluster":
         missing = [name for name, path in server_binaries().items() if path is None]
         if missing:
-            raise FileNotFoundError(f"not installed: {', '.join(missing)} (scripts/install_servers.sh installs them)")
+            raise FileNotFoundError(f"not installed: {', '.join(missing)} (scripts/install_system_packages.sh installs them)")
         self.root = Path(tempfile.mkdtemp(prefix="posterlens-celery-"))
         self.root.chmod(0o711)  # PostgreSQL runs as its own user when we are root
         (self.root / "logs").mkdir()

@@ -38,7 +38,7 @@ OUTPUTS = ("model/config.json", "model/genre_head.safetensors", "model/score_hea
 def _require_servers() -> None:
     """Install PostgreSQL and Redis if they are missing and we may; skip if that is not possible."""
     if not all(celery_cluster.server_binaries().values()) and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["bash", str(REPO / "scripts" / "install_servers.sh")], check=False)
+        subprocess.run(["bash", str(REPO / "scripts" / "install_system_packages.sh")], check=False)
     missing = [name for name, path in celery_cluster.server_binaries().items() if path is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed, and cannot be installed here (needs root and apt-get)")

@@ -289,7 +289,7 @@ def predict(
     images: Optional[Path] = typer.Option(None, "--images", "-i", exists=True, file_okay=False,
                                           help="folder of posters (all files), or with --catalog"),
     catalog: Optional[Path] = typer.Option(None, "--catalog", "-c", help="predict the catalogue's posters"),
-    out: Path = typer.Option(..., "--out", "-o", help="folder for the prediction CSV files"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the prediction CSV files (none: print only)"),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="average each poster with its mirror image"),
     similar: int = typer.Option(0, "--similar", "-k", min=0, max=1000, help="add the K most similar training movies"),
     wide: bool = typer.Option(False, "--wide", help="one probability column a genre in predictions_final.csv"),
@@ -311,11 +311,14 @@ def predict(
             raise typer.BadParameter("give poster FILEs, --images DIR or --catalog CSV")
         predictor = predicting.load(model, cache)
         result = predictor.predict(poster_files, tta=tta, similar=similar, progress=True, warn=False)
-        written = predicting.write(result, out, catalog=table, wide=wide)
+        written = predicting.write(result, out, catalog=table, wide=wide) if out else {}
     if len(result) <= SUMMARY_ROWS:
         _out().print(predictions_table(result))
-    console.print(f"{len(result)} posters predicted, {len(result.attrs['errors'])} could not be read "
-                  f"-> {', '.join(str(p) for p in written.values())}", soft_wrap=True)
+    for file, reason in result.attrs["errors"].itertuples(index=False):
+        console.print(f"could not read {file}: {reason}", soft_wrap=True)
+    files = f" -> {', '.join(str(p) for p in written.values())}" if written else ""
+    console.print(f"{len(result)} posters predicted, {len(result.attrs['errors'])} could not be read{files}",
+                  soft_wrap=True)
     if result.empty:
         raise typer.Exit(code=1)
 

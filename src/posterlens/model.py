@@ -145,7 +145,7 @@ def _json_default(value: Any) -> Any:
 
 def _swap(new: Path, out: Path) -> None:
     """Put the directory ``new`` at ``out``; the old one (if any) is removed only once the new one is in place."""
-    if not out.exists():
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         os.replace(new, out)
         return
     if not (out / CONFIG).is_file():

@@ -118,6 +118,9 @@ def load_dataset(catalog_path: Path, images: Path | None, spec: features.Feature
 def choose_genres(table: pd.DataFrame, min_count: int) -> list[str]:
     """Genres with at least ``min_count`` posters; the others are left out with a warning."""
     vocabulary = catalog.genre_vocabulary(table)
+    if not vocabulary:
+        raise TrainError("the catalogue has no genres (a folder of Title_8.8.jpg posters has scores only): "
+                         "train on a MovieGenre.csv or multi-label CSV, which give each poster its genres")
     counts = catalog.genre_matrix(table, vocabulary).sum(axis=0)
     kept = [g for g, c in zip(vocabulary, counts) if c >= min_count]
     dropped = [f"{g} ({int(c)})" for g, c in zip(vocabulary, counts) if c < min_count]
