@@ -285,7 +285,7 @@ class Predictor:
         from posterlens.catalog import CatalogError, read_catalog
 
         source = self.model.info.get("catalog")
-        if not source:
+        if not source or not Path(source).is_file():  # e.g. a released model away from its build machine
             return {}
         try:
             table = read_catalog(source, self.model.info.get("images"), require_posters=False)
