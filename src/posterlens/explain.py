@@ -134,6 +134,7 @@ class Explainer:
         """Heat maps for ``genres`` (default: the predicted ones), most probable first."""
         import torch
 
+        self.check_genres(genres or ())
         data = poster_bytes(image)
         inputs = self._inputs(data, max_pixels)
         head = genre_logits(torch.nn.Identity(), self.model.genre_model, torch.zeros(1, 0), torch.zeros(1, 0))
@@ -142,18 +143,22 @@ class Explainer:
             P = torch.sigmoid(head(torch.cat(parts, dim=1))).numpy()
         names = self.model.genres
         predicted = [g for g, on in zip(names, self.model.genre_labels(P)[0]) if on]
-        chosen = self._chosen(genres, predicted, P[0])
+        chosen = self.chosen(genres, predicted, P[0])
         maps = self.maps(inputs, parts, [names.index(g) for g in chosen])
         poster = np.asarray(decode("poster", data, self.size, max_pixels))
         return Explanation(chosen, {g: float(p) for g, p in zip(names, P[0])}, predicted,
                            dict(zip(chosen, maps)), {g: png(overlay(poster, m)) for g, m in zip(chosen, maps)},
                            png(poster))
 
-    def _chosen(self, genres: Sequence[str] | None, predicted: list[str], p: np.ndarray) -> list[str]:
+    def check_genres(self, genres: Sequence[str]) -> None:
         names = self.model.genres
-        unknown = sorted(set(genres or ()) - set(names))
+        unknown = sorted(set(genres) - set(names))
         if unknown:
             raise ValueError(f"unknown genre(s) {', '.join(unknown)}: the model knows {', '.join(names)}")
+
+    def chosen(self, genres: Sequence[str] | None, predicted: list[str], p: np.ndarray) -> list[str]:
+        """``genres`` or else the ``predicted`` ones, most probable (``p``) first."""
+        names = self.model.genres
         return sorted(dict.fromkeys(genres or predicted), key=lambda g: -p[names.index(g)])
 
     def maps(self, inputs: list, parts: list, columns: list[int]) -> list[np.ndarray]:
