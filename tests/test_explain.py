@@ -75,3 +75,12 @@ def test_randomised_head_destroys_the_map(predictor, poster, explained):
         r = correlation(explained["maps"][genre], randomised["maps"][genre])
         print(f"{genre}: correlation with the map of a randomised head {r:.2f}")
         assert r < 0.6
+
+
+def test_save_writes_overlays_and_maps(explained, tmp_path):
+    from posterlens.explain import save
+
+    written = save(explained, tmp_path, "poster")
+    assert [p.name for p in written] == [f"poster.{g}.png" for g in explained["genres"]] + ["poster.maps.npz"]
+    with np.load(written[-1]) as maps:
+        np.testing.assert_array_equal(maps[explained["genres"][0]], explained["maps"][explained["genres"][0]])

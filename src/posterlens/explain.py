@@ -230,3 +230,23 @@ def explainer_for(predictor) -> Explainer:
 def explain_poster(predictor, image, genres: Sequence[str] | None = None) -> dict:
     """``explain`` for a ``Predictor``: its model, its networks built once."""
     return explain(predictor.model, image, genres, explainer_for(predictor))
+
+
+def save(result: dict, out: Path, stem: str) -> list[Path]:
+    """Write ``explain``'s overlays as ``<stem>.<genre>.png`` and its maps as ``<stem>.maps.npz`` in ``out``."""
+    import re
+
+    from posterlens.safeio import atomic_write
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for genre, data in result["overlays"].items():
+        path = out / f"{stem}.{re.sub(r'[^A-Za-z0-9_-]+', '_', genre)}.png"
+        with atomic_write(path, "wb") as fh:
+            fh.write(data)
+        written.append(path)
+    path = out / f"{stem}.maps.npz"
+    with atomic_write(path, "wb") as fh:
+        np.savez_compressed(fh, **result["maps"])
+    return [*written, path]
