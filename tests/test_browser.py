@@ -1,0 +1,61 @@
+"""The page in a real Chromium (headless, Selenium) against a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+import posterlens
+from posterlens import serve
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="needs Chromium and chromedriver (apt-get install chromium chromium-driver)")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,1400")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_page_shows_genres_score_heat_map_and_similar_posters(browser, trained_model, shared_cache, sample_dir,
+                                                              tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    predictor = posterlens.load(trained_model, shared_cache)
+    with serve.background(serve.create_app(predictor)) as url:
+        browser.get(url)
+        browser.find_element(By.ID, "file").send_keys(str(sample_dir / "images" / "tt0085154.jpg"))
+        wait = WebDriverWait(browser, 120)
+        wait.until(ready.visibility_of_element_located((By.ID, "heat-controls")))
+        wait.until(lambda b: all(img.get_property("naturalWidth") > 0
+                                 for img in b.find_elements(By.CSS_SELECTOR, "#similar img")))
+        screenshot = tmp_path / "page.png"
+        browser.save_screenshot(str(screenshot))
+        print(f"screenshot: {screenshot}")
+
+        bars = browser.find_elements(By.CSS_SELECTOR, "#bars li.genre")
+        assert len(bars) == len(predictor.model.genres)
+        assert browser.find_elements(By.CSS_SELECTOR, "#bars li.predicted")
+        assert browser.find_element(By.ID, "score").text.endswith("/ 10")
+        assert browser.find_element(By.ID, "poster").get_attribute("src").startswith("data:image/png;base64,")
+        assert browser.find_elements(By.CSS_SELECTOR, "#heat-genres button")
+        posters = browser.find_elements(By.CSS_SELECTOR, "#similar img")
+        assert len(posters) >= 5 and all("/api/poster/" in img.get_attribute("src") for img in posters)
+        assert browser.find_element(By.ID, "status").text == ""
+        assert not browser.find_element(By.ID, "url-form").is_displayed()  # URL fetching is off
