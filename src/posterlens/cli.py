@@ -393,6 +393,49 @@ def compare(
 
 
 @app.command()
+def explain(
+    model: Optional[Path] = ReleasedModelOpt,
+    image: Path = typer.Option(..., "--image", "-i", exists=True, dir_okay=False, help="a poster file"),
+    genre: Optional[list[str]] = typer.Option(None, "--genre", "-g", help="genre to explain; repeat "
+                                              "(default: the predicted genres)"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for <poster>.<genre>.png overlays and <poster>.maps.npz"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Heat maps (HiResCAM) of where on the poster each genre comes from, overlaid on the poster."""
+    cache = _cache(cache)
+    with _user_errors(ValueError):
+        from posterlens import explain as explaining, predict as predicting
+
+        result = explaining.explain_poster(predicting.load(model, cache), image, genre or None)
+        written = explaining.save(result, out, image.stem)
+    for name in result["genres"]:
+        console.print(f"{name}: p = {result['probabilities'][name]:.3f}")
+    console.print(f"wrote {len(written)} files to {out}")
+
+
+@app.command()
+def serve(
+    model: Optional[Path] = ReleasedModelOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (0.0.0.0 exposes it to the network)"),
+    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535),
+    allow_url_fetch: bool = typer.Option(False, "--allow-url-fetch/--no-url-fetch",
+                                         help="let the page fetch a poster from a public URL"),
+    max_upload_bytes: Optional[int] = typer.Option(None, "--max-upload-bytes", min=1,
+                                                   help="largest upload accepted (default: serve.MAX_UPLOAD_BYTES, 10 MB)"),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1,
+                                             help="largest image accepted, in pixels (default: serve.MAX_PIXELS, 25 Mpx)"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Serve the web page and the JSON API (OpenAPI at /docs) with the model loaded once."""
+    cache = _cache(cache)
+    limits = {k: v for k, v in {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}.items() if v is not None}
+    with _user_errors():
+        from posterlens import serve as serving
+
+        serving.run(model, host=host, port=port, cache=cache, allow_url_fetch=allow_url_fetch, **limits)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="where the demo writes its outputs"),
     cache: Optional[Path] = CacheOpt,

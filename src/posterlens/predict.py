@@ -277,10 +277,10 @@ class Predictor:
             raise PosterError(names[0], emb.errors.get(paths[0], "cannot be read"))
         found = self._neighbours(P[emb.ok], emb, emb.ok, k)[0]
         found = found[["id", "title", "genres", "score", "similarity"]]
-        return found.assign(poster=found["id"].map(self._posters).fillna(""))
+        return found.assign(poster=found["id"].map(self.poster_files).fillna(""))
 
     @cached_property
-    def _posters(self) -> dict[str, str]:
+    def poster_files(self) -> dict[str, str]:
         """Poster file of each training movie, from the catalogue the model records (``info["catalog"]``)."""
         from posterlens.catalog import CatalogError, read_catalog
 

@@ -157,7 +157,7 @@ def similar_movies(predictor, P: np.ndarray, key: str, k: int) -> list[dict]:
     if predictor.index is None or k <= 0:
         return []
     found = predictor.index.query(P[None].astype(np.float32), k, exclude=[key])[0]
-    posters = predictor._posters  # id -> poster file, from the catalogue the model records
+    posters = predictor.poster_files  # id -> poster file, from the catalogue the model records
     return [{"id": str(row.id), "title": row.title, "genres": [g for g in str(row.genres).split("|") if g],
              "score": None if pd_isna(row.score) else round(float(row.score), 1),
              "similarity": round(float(row.similarity), 4), "has_poster": bool(posters.get(str(row.id)))}
@@ -264,7 +264,7 @@ def create_app(predictor, allow_url_fetch: bool = False, max_upload_bytes: int =
     @app.get("/api/poster/{movie_id}")
     def poster(movie_id: str) -> FileResponse:
         """The poster file of a training movie (looked up by id in the model's catalogue)."""
-        path = predictor._posters.get(movie_id)
+        path = predictor.poster_files.get(movie_id)
         if not path or not Path(path).is_file():
             raise ApiError(404, "no_poster", f"no poster file for {movie_id!r}")
         return FileResponse(path)
