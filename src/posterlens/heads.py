@@ -24,10 +24,24 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 
 
-def _standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = X.mean(axis=0, dtype=np.float64)
-    std = X.std(axis=0, dtype=np.float64)
+def _standardiser(X: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (1 where constant), in float64 over row chunks: no full-size temporaries."""
+    total, squares = np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    for start in range(0, len(X), chunk):
+        block = X[start:start + chunk].astype(np.float64)
+        total += block.sum(axis=0)
+        squares += np.square(block).sum(axis=0)
+    mean = total / len(X)
+    std = np.sqrt(np.maximum(squares / len(X) - mean ** 2, 0.0))
     return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
+
+
+def _standardised(X: np.ndarray, mean: np.ndarray, std: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """``(X - mean) / std`` as float32, in one copy (none with ``inplace`` on a float32 array the caller owns)."""
+    out = X if inplace and X.dtype == np.float32 else np.array(X, dtype=np.float32)
+    out -= mean
+    out /= std
+    return out
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -188,7 +202,9 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
 
     # the network alone
-    def _fit_network(self, X: np.ndarray, Y: np.ndarray, valid: tuple[np.ndarray, np.ndarray] | None = None):
+    def _fit_network(self, X: np.ndarray, Y: np.ndarray, valid: tuple[np.ndarray, np.ndarray] | None = None,
+                     owned: bool = False):
+        """Standardise and train the network; with ``owned``, ``X`` (a copy) is standardised in place."""
         import torch
         from torch import nn
 
@@ -198,9 +214,8 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
         if self.pos_weight:
             pos = Y.mean(axis=0).clip(1e-3, 1 - 1e-3)
             weight = torch.as_tensor(np.sqrt((1 - pos) / pos), dtype=torch.float32)
-        scale = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
-        v = (scale(valid[0]), valid[1].astype(np.float32)) if valid is not None else None
-        log = fit_module(module, scale(X), Y.astype(np.float32), nn.BCEWithLogitsLoss(pos_weight=weight),
+        v = (_standardised(valid[0], mean, std), valid[1].astype(np.float32)) if valid is not None else None
+        log = fit_module(module, _standardised(X, mean, std, owned), Y.astype(np.float32), nn.BCEWithLogitsLoss(pos_weight=weight),
                          self.epochs, self.lr, self.wd, self.batch_size, self.seed, v)
         return mean, std, module, log
 
@@ -211,8 +226,8 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
         Z = np.zeros(Y.shape, dtype=np.float32)
         folds = MultilabelStratifiedKFold(n_splits=self.calibration_folds, shuffle=True, random_state=self.seed)
         for train, valid in folds.split(np.zeros(len(Y)), Y):
-            mean, std, module, _ = self._fit_network(X[train], Y[train])
-            Z[valid] = _forward(module, (X[valid] - mean) / std)
+            mean, std, module, _ = self._fit_network(X[train], Y[train], owned=True)
+            Z[valid] = _forward(module, _standardised(X[valid], mean, std, inplace=True))
         return Z
 
     def fit(self, X: np.ndarray, Y: np.ndarray, valid: tuple[np.ndarray, np.ndarray] | None = None) -> "GenreClassifier":
@@ -247,7 +262,7 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
 
     def raw_logits(self, X: np.ndarray) -> np.ndarray:
         """The network's logits, before calibration."""
-        return _forward(self.module_, (np.asarray(X, dtype=np.float32) - self.mean_) / self.std_)
+        return _forward(self.module_, _standardised(X, self.mean_, self.std_))
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """Calibrated logits."""
