@@ -88,7 +88,7 @@ def read_score_folder(folder: str | Path) -> pd.DataFrame:
         rows.append({"id": path.stem, "title": title, "genres": [], "score": score, "path": str(path), "url": None})
     if not rows:
         raise CatalogError(f"{folder}: no poster images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    table = _table(rows)
+    table = movie_table(rows)
     _check_unique_ids(table, folder, lambda i: f"file {table.path[i]}")
     return table
 
@@ -308,12 +308,12 @@ def _finish(rows: list[dict[str, Any]], row_numbers: list[int], skipped: list[in
     if no_genre:
         log.warning("%s: %d row(s) have no genre and are kept for their score only: %s",
                     path, len(no_genre), _few(no_genre))
-    table = _table(rows)
+    table = movie_table(rows)
     _check_unique_ids(table, path, lambda k: _row(row_numbers[k]))
     return table
 
 
-def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def movie_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """The ``COLUMNS`` table; ``path`` and ``url`` keep None (not NaN) where missing."""
     table = pd.DataFrame(rows, columns=COLUMNS)
     for column in ("path", "url"):

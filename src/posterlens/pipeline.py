@@ -138,7 +138,7 @@ def shard_movies(config: PipelineConfig, shard: dict) -> pd.DataFrame:
     Reads only the shard's file and looks for its own posters, so a shard's cost does
     not grow with the catalogue.
     """
-    from posterlens.catalog import COLUMNS, poster_candidates
+    from posterlens.catalog import movie_table, poster_candidates
 
     images = Path(config.images)
     records = [json.loads(line) for line in Path(shard["rows"]).read_text().splitlines()]
@@ -146,7 +146,7 @@ def shard_movies(config: PipelineConfig, shard: dict) -> pd.DataFrame:
         names = poster_candidates(record["id"], record["url"])
         record["path"] = next((str(images / n) for n in names if (images / n).is_file()), None)
         record["score"] = float("nan") if record["score"] is None else record["score"]
-    return pd.DataFrame(records, columns=COLUMNS)
+    return movie_table(records)
 
 
 def fetch_shard(config: PipelineConfig, shard: dict) -> dict:
