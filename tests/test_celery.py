@@ -30,7 +30,7 @@ import celery_cluster  # noqa: E402
 
 SHARD_SIZE = 80  # the sample's 240 posters in 3 shards
 EPOCHS = 3
-OUTPUTS = ("model/config.json", "model/genre_head.safetensors", "model/score_head.safetensors", "report/metrics.json",
+OUTPUTS = ("model/config.json", "model/genre_model.safetensors", "model/score_model.safetensors", "report/metrics.json",
            "report/report.html", "predictions/predictions_score.csv", "predictions/predictions_genre.csv",
            "predictions/predictions_final.csv", "summary.json")
 
