@@ -262,6 +262,7 @@ class OpenVINORunner:
         self.precision = str(latency.get_property("INFERENCE_PRECISION_HINT"))
         self.single = latency.create_infer_request()
         self.parallel: list | None = None  # compiled on the first large batch
+        self.pool: ThreadPoolExecutor | None = None
 
     def _requests(self) -> list:
         if self.parallel is None:
@@ -275,11 +276,12 @@ class OpenVINORunner:
             return self.single.infer({0: batch})[0].copy()
         requests = self._requests()
         parts = np.array_split(batch, len(requests))
-        for request, part in zip(requests, parts):
-            request.start_async({0: part})
-        for request in requests:
-            request.wait()
-        return np.concatenate([request.get_output_tensor(0).data.copy() for request in requests])
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=len(requests), thread_name_prefix="openvino")
+        # synchronous infer() in threads (it releases the GIL); start_async()/wait() hung inside
+        # Airflow's in-process task runner
+        done = self.pool.map(lambda pair: pair[0].infer({0: pair[1]})[0].copy(), zip(requests, parts))
+        return np.concatenate(list(done))
 
 
 def torch_runner(backbone: Backbone) -> Runner:
