@@ -1,0 +1,750 @@
+"""Hyper-parameter search (``posterlens tune``): which settings predict best, and by how much?
+
+A space names what to search, by section: ``genre`` (``GenreClassifier`` parameters),
+``score`` (``ScoreRegressor``), ``features`` (``FeatureBlocks``: backbone mix, input width,
+mirror averaging) and ``cnn`` (``PixelCNN``, the original study's from-scratch CNN). Built-in
+spaces are in ``SPACES``; a YAML or JSON file of the same shape defines a custom one.
+
+Every configuration is scored by K-fold cross-validation on the folds of ``train.kfold_splits``
+(iterative stratification) with scikit-learn's ``GridSearchCV``: the whole grid, or with a
+budget the configurations ``ParameterSampler`` draws (as ``RandomizedSearchCV`` does). Today's
+defaults are always a candidate. Genre models are ranked by macro-mAP (``RANK``), the score
+model by Spearman. Output in ``out``: ``tune.csv``, ``tune.md``, figures and ``best.json``, which
+``posterlens train --config`` reads with ``read_config``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, fields, replace
+from functools import partial
+from itertools import product
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
+from sklearn.model_selection import GridSearchCV, ParameterGrid, ParameterSampler
+from sklearn.pipeline import Pipeline
+
+from posterlens import backbones, catalog, compare, features, metrics, safeio, train
+from posterlens.heads import GenreClassifier, LabelRule, ScoreRegressor
+
+GENRE_METRICS = ("macro_map", "macro_f1", "micro_f1", "samples_f1")
+SCORE_METRICS = ("spearman", "mae")
+RANK = {"genre": "macro_map", "score": "spearman", "cnn": "macro_map"}  # higher is better for each
+N_JOBS = {"genre": 2, "score": 1, "cnn": 1}  # processes; each genre fit trains with one torch thread
+QUICK = {"genre": {"epochs": 2, "calibration_folds": 2}, "cnn": {"epochs": 2}}  # fixed settings under --quick
+QUICK_POSTERS = 120
+QUICK_MIN_GENRE_COUNT = 5
+CNN_INPUT = compare.SCRATCH_INPUT["cnn"]
+QUICK_CNN_INPUT = (64, 96)
+SCHEDULES = ("plateau", "one_cycle")
+TOP_ROWS = 10  # configurations shown per model in tune.md
+FIGURE_COLUMNS = 4  # settings per row of a tune_<model>.png
+CONFIDENCE = 0.95
+
+SPACES: dict[str, dict[str, dict[str, list]]] = {
+    "heads": {
+        "genre": {"wd": [3.0, 10.0, 30.0, 100.0], "hidden": [0, 256], "dropout": [0.25, 0.5],
+                  "pos_weight": [True, False], "max_labels": [3, 4, 5], "rank_power": [0.0, 0.5, 1.0],
+                  "threshold_scale": [0.9, 1.0, 1.1, 1.25]},
+        "score": {"alpha": [0.3, 1.0, 3.0, 10.0, 30.0], "components": [64, 128, 256],
+                  "kernel_components": [250, 500, 1000], "gamma_scale": [0.5, 1.0, 2.0]},
+    },
+    "features": {
+        "features": {"backbones": [["efficientnet_lite0"], ["efficientnet_lite2"], ["mobilenet_v2"],
+                                   ["efficientnet_lite0", "efficientnet_lite2"],
+                                   ["efficientnet_lite0", "efficientnet_lite2", "mobilenet_v2"]],
+                     "width": [None, 224], "mirror": [False, True]},
+    },
+    "cnn": {
+        "cnn": {"filters": [16, 32], "dropout": [0.25, 0.5], "lr": [1e-4, 1e-3], "batch_size": [32, 64],
+                "schedule": list(SCHEDULES)},
+    },
+}
+# --quick: spaces that embed little (the sample's lite0 mirror images only)
+QUICK_SPACES = {"features": {"features": {"backbones": [["efficientnet_lite0"], ["efficientnet_lite0", "efficientnet_lite2"]],
+                                          "mirror": [False, True]}}}
+# lower bounds of integer settings (the others: 0)
+MINIMUM = {"epochs": 1, "calibration_folds": 2, "max_labels": 1, "batch_size": 1, "components": 1,
+           "kernel_components": 1, "filters": 1, "width": 32}
+
+
+class SpaceError(train.TrainError):
+    """A search space or a config file is not valid; the message names the file and the key."""
+
+
+# --- estimators the search needs beyond heads ------------------------------------------------
+
+def sized(name: str, width: int | None) -> backbones.Backbone:
+    """A registered backbone, at input ``width`` (portrait height) when given."""
+    backbone = backbones.REGISTRY[name]
+    return replace(backbone, width=width, height=backbones.portrait_height(width)) if width else backbone
+
+
+def block_key(name: str, width: int | None, mirror: bool) -> str:
+    """Name of one cached embedding block: the backbone's cache key, ``:mirror`` for mirrored posters."""
+    return sized(name, width).key + (":mirror" if mirror else "")
+
+
+class FeatureBlocks(TransformerMixin, BaseEstimator):
+    """Selects one feature configuration's columns from a matrix of every cached block.
+
+    ``layout`` maps ``block_key`` -> (start, stop) columns. The output is the ``backbones``'
+    embeddings at ``width`` concatenated; with ``mirror`` each is averaged with its mirror image's.
+    """
+
+    def __init__(self, layout: dict | None = None, backbones: list[str] | tuple[str, ...] = backbones.DEFAULT_FEATURES,
+                 width: int | None = None, mirror: bool = False):
+        self.layout, self.backbones, self.width, self.mirror = layout, backbones, width, mirror
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "FeatureBlocks":
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _block(self, X: np.ndarray, name: str, mirror: bool) -> np.ndarray:
+        start, stop = self.layout[block_key(name, self.width, mirror)]
+        return X[:, start:stop]
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        parts = [self._block(X, name, False) for name in self.backbones]
+        if self.mirror:
+            parts = [(part + self._block(X, name, True)) / 2 for part, name in zip(parts, self.backbones)]
+        return np.concatenate(parts, axis=1)
+
+
+def build_cnn(n_out: int, filters: int = 32, dropout: float = 0.5):
+    """The original CNN, sized: 4 conv blocks (``filters`` x 1-2-4-8, conv dropout ``dropout / 2``),
+    global average pooling, dense 512 -> 256 with ``dropout``. ``(n, 32, 0.5)`` is ``compare.build_cnn(n)``."""
+    from torch import nn
+
+    def block(c_in: int, c_out: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(c_out),
+                             nn.MaxPool2d(2), nn.Dropout(dropout / 2))
+
+    widths = [3] + [filters * 2 ** i for i in range(4)]
+    return nn.Sequential(*(block(a, b) for a, b in zip(widths, widths[1:])), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(widths[-1], 512), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(512, 256), nn.ReLU(), nn.Dropout(dropout), nn.Linear(256, n_out))
+
+
+class PixelCNN(ClassifierMixin, BaseEstimator):
+    """The from-scratch CNN as a multi-label estimator on uint8 posters (N, 3, H, W).
+
+    ``fit`` keeps ``compare.VALID`` of the posters for validation: ``ReduceLROnPlateau`` on
+    its loss (``schedule="plateau"``, the original recipe; or ``fit_one_cycle``) and the label rule.
+    Classic L2 1e-4, as in the original.
+    """
+
+    def __init__(self, filters: int = 32, dropout: float = 0.5, lr: float = 1e-3, batch_size: int = 32,
+                 schedule: str = "plateau", epochs: int = compare.DEFAULT_EPOCHS["cnn"], seed: int = 42):
+        self.filters, self.dropout, self.lr, self.batch_size = filters, dropout, lr, batch_size
+        self.schedule, self.epochs, self.seed = schedule, epochs, seed
+
+    def _recipe(self, X: np.ndarray) -> compare.Recipe:
+        return compare.Recipe((X.shape[3], X.shape[2]), *compare.PIXELS_01, self.epochs, self.lr, self.batch_size,
+                              wd=1e-4, l2=True)
+
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> "PixelCNN":
+        from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
+        from fastai.callback.tracker import ReduceLROnPlateau
+        from fastai.data.core import DataLoaders
+        from fastai.learner import Learner
+        from fastai.optimizer import Adam
+        from fastai.torch_core import default_device, set_seed
+        from torch import nn
+
+        Y = np.asarray(Y, dtype=np.float32)
+        fit_idx, valid_idx = train.holdout_split(Y, compare.VALID, self.seed)
+        recipe = self._recipe(X)
+        set_seed(self.seed)
+        self.module_ = build_cnn(Y.shape[1], self.filters, self.dropout)
+        dls = DataLoaders(compare.loader(X[fit_idx], Y[fit_idx], self.batch_size, shuffle=True),
+                          compare.loader(X[valid_idx], Y[valid_idx], self.batch_size, shuffle=False),
+                          device=default_device())
+        learn = Learner(dls, self.module_, loss_func=nn.BCEWithLogitsLoss(), opt_func=partial(Adam, decouple_wd=False),
+                        lr=self.lr, wd=recipe.wd, cbs=[compare.pixel_batches(recipe)])
+        with learn.no_bar(), learn.no_logging():
+            if self.schedule == "one_cycle":
+                learn.fit_one_cycle(self.epochs, self.lr)
+            else:
+                learn.fit(self.epochs, self.lr, cbs=[ReduceLROnPlateau(monitor="valid_loss", patience=1, factor=5.0)])
+        self.module_.eval()
+        self.rule_ = LabelRule().fit(Y[valid_idx], self.predict_proba(X[valid_idx]))
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return compare.predict_pixels(self.module_, X, self._recipe(X))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.rule_.predict(self.predict_proba(X))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return compare.module_arrays(self.module_)
+
+
+SECTIONS: dict[str, type] = {"features": FeatureBlocks, "genre": GenreClassifier, "score": ScoreRegressor,
+                             "cnn": PixelCNN}
+FIXED = {"layout", "seed"}  # parameters a space does not search
+
+
+def searchable(section: str) -> dict:
+    """The parameters a space may set in ``section``, with their defaults."""
+    return {k: v for k, v in SECTIONS[section]().get_params().items() if k not in FIXED}
+
+
+# --- spaces ------------------------------------------------------------------------------------
+
+def _value_error(section: str, name: str, value, default) -> str | None:
+    """Why ``value`` is not a valid ``section.name``, or None."""
+    if name == "backbones":
+        names = value.split("+") if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or any(n not in backbones.REGISTRY for n in names):
+            return f"{value!r} is not a list of backbones from {', '.join(backbones.REGISTRY)}"
+        return None
+    if name == "schedule":
+        return None if value in SCHEDULES else f"{value!r} is not one of {', '.join(SCHEDULES)}"
+    if default is None or isinstance(default, int) and not isinstance(default, bool):
+        if value is None and default is None:
+            return None
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= MINIMUM.get(name, 0)
+        return None if ok else f"{value!r} is not an integer >= {MINIMUM.get(name, 0)}"
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else f"{value!r} is not true or false"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return None if ok else f"{value!r} is not a number >= 0"
+
+
+def check_space(space, where: str) -> dict[str, dict[str, list]]:
+    """``space`` if valid, backbone mixes as lists; else a ``SpaceError`` naming ``where`` and the key."""
+    if not isinstance(space, dict) or not space:
+        raise SpaceError(f"{where}: expected sections {', '.join(SECTIONS)}, each mapping parameters to lists of values")
+    checked = {}
+    for section, grid in space.items():
+        if section not in SECTIONS:
+            raise SpaceError(f"{where}: unknown section {section!r}: use {', '.join(SECTIONS)}")
+        if not isinstance(grid, dict) or not grid:
+            raise SpaceError(f"{where}: {section}: expected parameter names mapped to lists of values")
+        defaults = searchable(section)
+        for name, values in grid.items():
+            key = f"{section}.{name}"
+            if name not in defaults:
+                raise SpaceError(f"{where}: {key}: unknown parameter; {SECTIONS[section].__name__} takes "
+                                 f"{', '.join(sorted(defaults))}")
+            if not isinstance(values, list) or not values:
+                raise SpaceError(f"{where}: {key}: expected a non-empty list of values (got {values!r})")
+            for value in values:
+                error = _value_error(section, name, value, defaults[name])
+                if error:
+                    raise SpaceError(f"{where}: {key}: {error}")
+        checked[section] = {name: [v.split("+") if name == "backbones" and isinstance(v, str) else v for v in values]
+                            for name, values in grid.items()}
+    return checked
+
+
+def load_space(space: str | Path, quick: bool = False) -> dict[str, dict[str, list]]:
+    """A built-in space by name (``SPACES``; ``QUICK_SPACES`` under ``quick``), or a YAML/JSON file's, validated."""
+    if str(space) in SPACES:
+        return {**SPACES[str(space)], **(QUICK_SPACES.get(str(space), {}) if quick else {})}
+    path = Path(space)
+    if not path.is_file():
+        raise SpaceError(f"--space {space}: not a built-in space ({', '.join(SPACES)}) nor a file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SpaceError(f"{path}: not valid JSON: {err}") from None
+    else:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise SpaceError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    return check_space(loaded, str(path))
+
+
+def candidates(grid: dict[str, list], budget: int | None, seed: int) -> list[dict]:
+    """Today's defaults ({}), then the whole grid or ``budget`` configurations drawn from it."""
+    every = ParameterGrid(grid)
+    drawn = list(every) if budget is None or budget >= len(every) else list(ParameterSampler(grid, budget, random_state=seed))
+    return [{}] + [c for c in drawn if c]
+
+
+def new_settings(estimator: Pipeline, configs: list[dict]) -> list[dict]:
+    """``configs`` without those that repeat an earlier one's settings (a draw equal to the defaults)."""
+    seen, kept = [], []
+    for config in configs:
+        effective = settings(estimator, config)
+        if effective not in seen:
+            seen.append(effective)
+            kept.append(config)
+    return kept
+
+
+def prefixed(section: str, grid: dict[str, list]) -> dict[str, list]:
+    """``grid`` with Pipeline step prefixes (``features__width``, ``model__wd``)."""
+    step = "features" if section == "features" else "model"
+    return {f"{step}__{name}": values for name, values in grid.items()}
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+@dataclass
+class Search:
+    """One model's search: estimator, candidate settings and the data and folds it is scored on."""
+
+    model: str  # "genre", "score" or "cnn"
+    estimator: BaseEstimator
+    candidates: list[dict]
+    X: np.ndarray
+    y: np.ndarray
+    splits: list[tuple[np.ndarray, np.ndarray]]
+    scoring: Callable
+    n_jobs: int = 1
+
+
+def read_posters(catalog_path: Path, images: Path | None, quick: bool, seed: int) -> pd.DataFrame:
+    """The catalogue; under ``quick`` a seeded sample of ``QUICK_POSTERS``."""
+    table = catalog.read_catalog(catalog_path, images)
+    if quick and len(table) > QUICK_POSTERS:
+        table = table.sample(n=QUICK_POSTERS, random_state=seed).reset_index(drop=True)
+    return table
+
+
+def embedding_blocks(paths: list[str], needed: list[tuple[str, int | None, bool]], cache: Path,
+                     progress: bool) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Every needed (backbone, width, mirror) block from the cache (embedding what is missing),
+    side by side; returns (X, layout, rows embedded in every block)."""
+    parts, layout, start = [], {}, 0
+    for name, width, mirror in needed:
+        emb = features.embed_files(paths, sized(name, width), cache, mirror=mirror, progress=progress)
+        parts.append(emb.features)
+        layout[block_key(name, width, mirror)] = (start, start + emb.features.shape[1])
+        start += emb.features.shape[1]
+    X = np.concatenate(parts, axis=1)
+    return X, layout, ~np.isnan(X).any(axis=1)
+
+
+def needed_blocks(configs: list[dict]) -> list[tuple[str, int | None, bool]]:
+    """The (backbone, width, mirror) blocks that the candidates' feature settings use."""
+    default = FeatureBlocks()
+    needed = []
+    for config in configs:
+        names = config.get("features__backbones", default.backbones)
+        width, mirror = config.get("features__width", default.width), config.get("features__mirror", default.mirror)
+        for block in product(names, [width], [False, True] if mirror else [False]):
+            if block not in needed:
+                needed.append(block)
+    return needed
+
+
+def genre_targets(table: pd.DataFrame, folds: int, quick: bool, seed: int) -> tuple[np.ndarray, list]:
+    """The genre matrix (genres with enough posters) and its K folds."""
+    genres = train.choose_genres(table, QUICK_MIN_GENRE_COUNT if quick else train.TrainConfig.min_genre_count)
+    Y = catalog.genre_matrix(table, genres)
+    return Y, train.kfold_splits(Y, folds, seed)
+
+
+def restrict(splits: list, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Folds over all posters -> the same folds over ``rows`` only (renumbered)."""
+    position = np.cumsum(rows) - 1
+    return [(position[tr[rows[tr]]], position[te[rows[te]]]) for tr, te in splits]
+
+
+def quick_params(model: str, quick: bool) -> dict:
+    return {f"model__{k}": v for k, v in QUICK.get(model, {}).items()} if quick else {}
+
+
+def embedding_searches(space: dict, table: pd.DataFrame, cache: Path, folds: int, budget: int | None, quick: bool,
+                       seed: int, progress: bool) -> list[Search]:
+    """Genre and score searches on cached embeddings (``features``, ``genre``, ``score`` sections)."""
+    feature_grid = prefixed("features", space.get("features", {}))
+    plans = {model: candidates({**feature_grid, **prefixed(model, space.get(model, {}))}, budget, seed)
+             for model in ("genre", "score") if model in space or feature_grid}
+    X, layout, ok = embedding_blocks(table["path"].tolist(), needed_blocks([c for p in plans.values() for c in p]),
+                                     cache, progress)
+    table, X = table[ok].reset_index(drop=True), X[ok]
+    Y, splits = genre_targets(table, folds, quick, seed)
+    searches = []
+    for model, configs in plans.items():
+        estimator = Pipeline([("features", FeatureBlocks(layout)), ("model", SECTIONS[model]())])
+        estimator.set_params(**quick_params(model, quick))
+        if model == "genre":
+            rows = table["genres"].map(len).to_numpy() > 0
+            target, scoring = Y[rows], genre_scores
+        else:
+            rows = ~np.isnan(table["score"].to_numpy(dtype=float))
+            target, scoring = table["score"].to_numpy(dtype=float)[rows], score_scores
+        searches.append(Search(model, estimator, new_settings(estimator, configs), X[rows], target, restrict(splits, rows), scoring,
+                               1 if quick else N_JOBS[model]))
+    return searches
+
+
+def cnn_search(space: dict, table: pd.DataFrame, folds: int, budget: int | None, quick: bool, seed: int) -> Search:
+    """The from-scratch CNN on decoded posters (``QUICK_CNN_INPUT`` under ``quick``)."""
+    X, ok = compare.decode_posters(table["path"].tolist(), QUICK_CNN_INPUT if quick else CNN_INPUT)
+    table, X = table[ok].reset_index(drop=True), X[ok]
+    Y, splits = genre_targets(table, folds, quick, seed)
+    estimator = Pipeline([("model", PixelCNN(seed=seed))]).set_params(**quick_params("cnn", quick))
+    configs = new_settings(estimator, candidates(prefixed("cnn", space["cnn"]), budget, seed))
+    return Search("cnn", estimator, configs, X, Y, splits, genre_scores,
+                  1 if quick else N_JOBS["cnn"])
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+def stored_numbers(estimator: Pipeline) -> int:
+    """How many numbers the fitted model stores (its ``to_arrays``)."""
+    return int(sum(a.size for a in estimator[-1].to_arrays().values()))
+
+
+def genre_scores(estimator: Pipeline, X: np.ndarray, Y: np.ndarray) -> dict[str, float]:
+    """Multi-label scorer for ``GridSearchCV``: ranking metrics from probabilities, set metrics from labels."""
+    found = metrics.genre_metrics(Y, estimator.predict_proba(X), estimator.predict(X))
+    return {**{m: found[m] for m in GENRE_METRICS}, "parameters": stored_numbers(estimator)}
+
+
+def score_scores(estimator: Pipeline, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Score-model scorer for ``GridSearchCV``: Spearman and MAE."""
+    found = metrics.score_metrics(y, estimator.predict(X), float(np.mean(y)))
+    return {**{m: found[m] for m in SCORE_METRICS}, "parameters": stored_numbers(estimator)}
+
+
+def metric_names(model: str) -> tuple[str, ...]:
+    return SCORE_METRICS if model == "score" else GENRE_METRICS
+
+
+# --- the search ----------------------------------------------------------------------------------
+
+def short(params: dict) -> dict:
+    """Parameters without their Pipeline step prefix."""
+    return {k.split("__", 1)[1]: v for k, v in params.items()}
+
+
+def shown(value) -> str:
+    """A parameter value as a table cell."""
+    return "+".join(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def settings(estimator: Pipeline, params: dict) -> dict:
+    """A configuration's settings that differ from their estimator's defaults, fixed ones (``QUICK``) included."""
+    configured = clone(estimator).set_params(**params).get_params()
+    result = {}
+    for step, part in estimator.steps:
+        for name, default in type(part)().get_params().items():
+            value = plain(configured[f"{step}__{name}"])
+            if name != "layout" and value != plain(default):
+                result[name] = value
+    return result
+
+
+def plain(value):
+    """Tuples as lists (as JSON has them)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def results_frame(search: Search, cv: dict, offset: int) -> pd.DataFrame:
+    """One row a configuration: its settings, metric mean, std and folds, fit time, stored numbers."""
+    names = sorted({k for c in search.candidates for k in c})
+    rows = []
+    for i, params in enumerate(cv["params"]):
+        configured = clone(search.estimator).set_params(**params).get_params()
+        row = {"model": search.model, "config": offset + i, "default": not params,
+               "settings": ", ".join(f"{k}={shown(v)}" for k, v in short(params).items()) or "defaults",
+               **short({k: shown(configured[k]) for k in names})}
+        for m in metric_names(search.model):
+            row[f"{m}_mean"], row[f"{m}_std"] = cv[f"mean_test_{m}"][i], cv[f"std_test_{m}"][i]
+            row.update({f"{m}_fold{k}": cv[f"split{k}_test_{m}"][i] for k in range(len(search.splits))})
+        row["fit_s"], row["parameters"] = cv["mean_fit_time"][i], int(cv["mean_test_parameters"][i])
+        row["params"] = json.dumps(settings(search.estimator, params))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_search(search: Search, bar) -> pd.DataFrame:
+    """``GridSearchCV`` over the candidates, a few at a time so that the progress bar moves."""
+    frames = []
+    for start in range(0, len(search.candidates), search.n_jobs):
+        chunk = search.candidates[start:start + search.n_jobs]
+        grid = GridSearchCV(search.estimator, [{k: [v] for k, v in c.items()} for c in chunk], scoring=search.scoring,
+                            cv=search.splits, refit=False, n_jobs=search.n_jobs, error_score="raise")
+        grid.fit(search.X, search.y)
+        frames.append(results_frame(search, grid.cv_results_, start))
+        bar.update(len(chunk))
+    frame = pd.concat(frames, ignore_index=True)
+    frame.insert(1, "rank", frame[f"{RANK[search.model]}_mean"].rank(ascending=False, method="first").astype(int))
+    return frame.sort_values("rank").reset_index(drop=True)
+
+
+# --- what the search found ---------------------------------------------------------------------
+
+def folds_of(row: pd.Series, metric: str) -> np.ndarray:
+    return row.filter(regex=rf"^{metric}_fold\d+$").to_numpy(dtype=float)
+
+
+def t_interval(values: np.ndarray) -> tuple[float, float]:
+    """``CONFIDENCE`` t-interval of the mean of ``values`` (one per fold)."""
+    from scipy import stats
+
+    half = stats.t.ppf((1 + CONFIDENCE) / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+@dataclass
+class Finding:
+    """One model's best configuration against today's defaults, on its ranking metric."""
+
+    model: str
+    metric: str
+    best: pd.Series
+    default: pd.Series
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return t_interval(folds_of(self.best, self.metric))
+
+    @property
+    def gain(self) -> float:
+        return float(self.best[f"{self.metric}_mean"] - self.default[f"{self.metric}_mean"])
+
+    @property
+    def gain_interval(self) -> tuple[float, float]:
+        """Paired t-interval of best - defaults over the same folds."""
+        return t_interval(folds_of(self.best, self.metric) - folds_of(self.default, self.metric))
+
+    @property
+    def beyond_spread(self) -> bool:
+        """Better than the defaults by more than the defaults' spread over folds."""
+        return self.gain > self.spread
+
+    @property
+    def spread(self) -> float:
+        """The larger standard deviation over folds of the best and the defaults."""
+        return float(max(self.best[f"{self.metric}_std"], self.default[f"{self.metric}_std"]))
+
+
+def findings(frame: pd.DataFrame) -> list[Finding]:
+    result = []
+    for model, rows in frame.groupby("model", sort=False):
+        result.append(Finding(model, RANK[model], rows.loc[rows["rank"].idxmin()], rows.loc[rows["default"]].iloc[0]))
+    return result
+
+
+def best_config(found: list[Finding]) -> dict:
+    """The best settings in ``TrainConfig`` form: estimator settings that differ from the defaults, backbones."""
+    config: dict = {}
+    for finding in found:
+        if finding.model not in ("genre", "score"):
+            continue
+        params = json.loads(finding.best["params"])
+        defaults = SECTIONS[finding.model]().get_params()
+        config[finding.model] = {k: v for k, v in params.items() if k in defaults}
+        if finding.model == "genre":
+            config["backbones"] = list(params.get("backbones", train.TrainConfig().backbones))
+    return config
+
+
+def read_config(path: Path) -> dict:
+    """``best.json`` (or any JSON of ``TrainConfig`` fields) -> ``TrainConfig`` keyword arguments, validated."""
+    path = Path(path)
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise SpaceError(f"{path}: cannot read the config: {err}") from None
+    known = {f.name: f for f in fields(train.TrainConfig)}
+    if not isinstance(loaded, dict):
+        raise SpaceError(f"{path}: expected a JSON object of {', '.join(known)}")
+    for key, value in loaded.items():
+        if key not in known:
+            raise SpaceError(f"{path}: unknown key {key!r}: TrainConfig takes {', '.join(known)}")
+        if key in ("genre", "score") and not isinstance(value, dict):
+            raise SpaceError(f"{path}: {key}: expected an object of estimator settings")
+        if key == "backbones" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise SpaceError(f"{path}: backbones: expected a list of backbone names")
+        for name, setting in (value.items() if key in ("genre", "score") else ()):
+            defaults = SECTIONS[key]().get_params()
+            error = _value_error(key, name, setting, defaults[name]) if name in defaults else None
+            if error:
+                raise SpaceError(f"{path}: {key}.{name}: {error}")
+    try:
+        train.TrainConfig(**loaded)
+    except (train.TrainError, TypeError) as err:
+        raise SpaceError(f"{path}: {err}") from None
+    return loaded
+
+
+# --- output --------------------------------------------------------------------------------------
+
+def searched(frame: pd.DataFrame) -> list[str]:
+    """The parameter columns of ``frame`` (the settings that some configuration changed)."""
+    fixed = {"model", "rank", "config", "default", "settings", "fit_s", "parameters", "params"}
+    return [c for c in frame.columns if c not in fixed and not c.startswith(tuple(f"{m}_" for m in (*GENRE_METRICS, *SCORE_METRICS)))
+            and frame[c].notna().any()]
+
+
+def param_figure(rows: pd.DataFrame, metric: str):
+    """The ranking metric of every configuration against each searched setting (mean per value as a line)."""
+    from matplotlib.figure import Figure
+
+    names = searched(rows)
+    cols = min(FIGURE_COLUMNS, len(names))
+    lines = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(3.2 * cols, 3.2 * lines))
+    axes = fig.subplots(lines, cols, sharey=True, squeeze=False)
+    for ax in axes.ravel()[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.ravel(), names):
+        values = rows[name].astype(str)
+        levels = sorted(values.unique(), key=_sort_key)
+        x = values.map({v: i for i, v in enumerate(levels)}).to_numpy(dtype=float)
+        ax.errorbar(x, rows[f"{metric}_mean"], rows[f"{metric}_std"], fmt="o", alpha=0.5)
+        ax.plot(range(len(levels)), [rows.loc[values == v, f"{metric}_mean"].mean() for v in levels], "k-")
+        ax.set(xticks=range(len(levels)), xlabel=name)
+        ax.set_xticklabels(levels, rotation=30, fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{metric} (CV mean ± std)")
+    fig.suptitle(f"{rows['model'].iloc[0]}: {metric} against each setting")
+    fig.tight_layout()
+    return fig
+
+
+def _sort_key(value: str):
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def sensitivity(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per model and setting: the spread (max - min) of the ranking metric's mean over the setting's values."""
+    rows = []
+    for model, group in frame.groupby("model", sort=False):
+        metric = f"{RANK[model]}_mean"
+        for name in searched(group):
+            means = group.groupby(group[name].astype(str))[metric].mean()
+            rows.append({"model": model, "setting": name, "metric": RANK[model], "spread": float(means.max() - means.min())})
+    return pd.DataFrame(rows, columns=["model", "setting", "metric", "spread"])
+
+
+def sensitivity_figure(table: pd.DataFrame):
+    """How much each setting moves its model's ranking metric."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 0.35 * len(table) + 1.5))
+    ax = fig.subplots()
+    labels = [f"{r.model}.{r.setting}" for r in table.itertuples()]
+    ax.barh(range(len(table)), table["spread"])
+    ax.set(yticks=range(len(table)), xlabel="spread of the ranking metric's mean over the setting's values",
+           title="Sensitivity")
+    ax.set_yticklabels(labels)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def ranking_table(rows: pd.DataFrame) -> str:
+    """The top configurations (and the defaults) as Markdown."""
+    model = rows["model"].iloc[0]
+    top = rows[(rows["rank"] <= TOP_ROWS) | rows["default"]]
+    shown_rows = pd.DataFrame({"rank": top["rank"], "settings": top["settings"]})
+    for m in metric_names(model):
+        shown_rows[m] = [f"{a:.3f} ± {b:.3f}" for a, b in zip(top[f"{m}_mean"], top[f"{m}_std"])]
+    shown_rows["fit s"] = top["fit_s"].map("{:.1f}".format)
+    shown_rows["parameters"] = top["parameters"].map("{:,}".format)
+    return shown_rows.to_markdown(index=False)
+
+
+def finding_lines(finding: Finding, folds: int) -> list[str]:
+    m, best, default = finding.metric, finding.best, finding.default
+    low, high = finding.interval
+    g_low, g_high = finding.gain_interval
+    if not finding.beyond_spread:
+        verdict = f"within the fold spread (± {finding.spread:.3f}): no reason to change them"
+    elif g_low <= 0:
+        verdict = f"more than the fold spread (± {finding.spread:.3f}), but the paired interval includes 0: not conclusive"
+    else:
+        verdict = f"more than the fold spread (± {finding.spread:.3f}) and the paired interval excludes 0: worth considering as new defaults"
+    lines = []
+    if finding.model == "genre" and {"width", "mirror"} & json.loads(best["params"]).keys():
+        lines.append("- best.json keeps the backbones only: `TrainConfig` has no input width or mirror setting.")
+    return lines + [f"- Best: `{best['settings']}`: {m} {best[f'{m}_mean']:.3f}, {CONFIDENCE:.0%} t-interval over {folds} "
+            f"folds [{low:.3f}, {high:.3f}].",
+            f"- Defaults: {m} {default[f'{m}_mean']:.3f} ± {default[f'{m}_std']:.3f}. Best - defaults: "
+            f"{finding.gain:+.3f} (paired {CONFIDENCE:.0%} t-interval [{g_low:+.3f}, {g_high:+.3f}]); {verdict}."]
+
+
+def report(frame: pd.DataFrame, found: list[Finding], notes: list[str], figures: list[str]) -> str:
+    folds = len(folds_of(frame.iloc[0], RANK[frame["model"].iloc[0]]))
+    text = ["# Hyper-parameter search", "", *notes, ""]
+    for finding in found:
+        rows = frame[frame["model"] == finding.model]
+        text += [f"## {finding.model}: ranked by {finding.metric}", "", ranking_table(rows), "",
+                 *finding_lines(finding, folds), ""]
+    text += ["Choosing the best of many configurations on the same folds flatters it: read small gains "
+             "against the paired interval, not the ranking alone.", ""]
+    text += [f"![{name}]({name})" for name in figures] + [""]
+    return "\n".join(text)
+
+
+def write_outputs(frame: pd.DataFrame, notes: list[str], out: Path) -> list[Finding]:
+    """tune.csv, tune.md, the figures and best.json in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    found = findings(frame)
+    safeio.write_csv(frame, out / "tune.csv")
+    figures = []
+    for model, rows in frame.groupby("model", sort=False):
+        if searched(rows):
+            figures.append(f"tune_{model}.png")
+            param_figure(rows, RANK[model]).savefig(out / figures[-1], dpi=90)
+    table = sensitivity(frame)
+    if len(table):
+        figures.append("tune_sensitivity.png")
+        sensitivity_figure(table).savefig(out / figures[-1], dpi=90)
+    safeio.write_text(out / "tune.md", report(frame, found, notes, figures))
+    safeio.write_json(out / "best.json", best_config(found))
+    return found
+
+
+def describe(searches: list[Search], catalog_path: Path, space: str, folds: int, budget: int | None, quick: bool,
+             seconds: float) -> list[str]:
+    """The notes above the tables: data, folds, candidates, time, command."""
+    args = f" --space {space} --folds {folds}" + (f" --budget {budget}" if budget else "") + (" --quick" if quick else "")
+    lines = [f"- Data: `{catalog_path}`" + (f" (quick: a seeded sample of {QUICK_POSTERS} posters, settings "
+                                              f"{QUICK} fixed)" if quick else "") + "."]
+    for s in searches:
+        lines.append(f"- {s.model}: {len(s.y)} posters, {len(s.candidates)} configurations (today's defaults and "
+                     + (f"{len(s.candidates) - 1} drawn by `ParameterSampler`" if budget else "the whole grid")
+                     + f") x {folds} folds (`train.kfold_splits`, iterative stratification), `GridSearchCV`, "
+                     f"{s.n_jobs} process(es); ranked by {RANK[s.model]}.")
+    lines.append(f"- Whole search: {seconds / 60:.1f} min. Command: `posterlens tune --catalog {catalog_path} --out DIR{args}`")
+    return lines
+
+
+def tune(catalog: Path, images: Path | None, out: Path, cache: Path, space: str = "heads", folds: int = 5,
+         budget: int | None = None, quick: bool = False, progress: bool = True, seed: int = 42) -> pd.DataFrame:
+    """Search the ``space`` by K-fold cross-validation; write tune.csv, tune.md, figures and best.json in ``out``.
+
+    ``budget``: configurations drawn per model (default: the whole grid); today's defaults are always scored too.
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    grids = load_space(space, quick)
+    catalog_path = Path(catalog)
+    table = read_posters(catalog_path, images, quick, seed)
+    searches = []
+    if grids.keys() & {"features", "genre", "score"}:
+        searches += embedding_searches(grids, table, Path(cache), folds, budget, quick, seed, progress)
+    if "cnn" in grids:
+        searches.append(cnn_search(grids, table, folds, budget, quick, seed))
+    with tqdm(total=sum(len(s.candidates) for s in searches), desc="tune", unit="config", disable=not progress) as bar:
+        frame = pd.concat([run_search(s, bar) for s in searches], ignore_index=True)
+    notes = describe(searches, catalog_path, str(space), folds, budget, quick, time.perf_counter() - start)
+    write_outputs(frame, notes, Path(out))
+    return frame
