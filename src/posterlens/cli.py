@@ -184,6 +184,9 @@ def train(
     catalog: Path = CatalogOpt,
     images: Optional[Path] = ImagesOpt,
     out: Path = typer.Option(..., "--out", "-o", help="model directory to write (replaced only once the new one is complete)"),
+    config_file: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                               help="best.json from `posterlens tune`: backbones and estimator settings "
+                                                    "(--backbone and --epochs override it)"),
     backbone: Optional[list[str]] = BackboneOpt,
     weights: Optional[Path] = WeightsOpt,
     epochs: Optional[int] = typer.Option(None, min=1, help="fit_one_cycle epochs of the genre network (default: GenreClassifier's)"),
@@ -199,11 +202,16 @@ def train(
     cache = _cache(cache)
     with _user_errors():
         from posterlens.train import TrainConfig, train as run
+        from posterlens.tune import read_config
 
-        config = TrainConfig(backbones=_backbones(backbone), weights=str(weights) if weights else None, folds=folds,
-                             holdout=holdout, refit=refit, seed=seed, score_mode=score_mode.value,
-                             min_genre_count=min_genre_count, genre={"epochs": epochs} if epochs else {})
-        _embed_catalog(catalog, images, backbone, weights, cache)  # with a progress bar; train reads the cache
+        settings = read_config(config_file) if config_file else {}
+        config = TrainConfig(**{
+            **settings,
+            "backbones": _backbones(backbone) if backbone else settings.get("backbones", _backbones(None)),
+            "weights": str(weights) if weights else None, "folds": folds, "holdout": holdout, "refit": refit,
+            "seed": seed, "score_mode": score_mode.value, "min_genre_count": min_genre_count,
+            "genre": {**settings.get("genre", {}), **({"epochs": epochs} if epochs else {})}})
+        _embed_catalog(catalog, images, config.backbones, weights, cache)  # with a progress bar; train reads the cache
         with console.status("fitting the genre and score models: validation, then the final fit..."):
             result = run(catalog, images, out, config, cache, progress=False)
     model = result.model
@@ -390,6 +398,27 @@ def compare(
         table = run(catalog, images, out, models=models, epochs=epochs, image_size=size, quick=quick, cache=_cache(cache))
     _out().print(table.to_string(index=False))
     console.print(f"table and chart: {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'compare.png'}")
+
+
+@app.command()
+def tune(
+    catalog: Path = CatalogOpt,
+    images: Optional[Path] = ImagesOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="folder for tune.csv, tune.md, the figures and best.json"),
+    space: str = typer.Option("heads", "--space", help="heads, features, cnn, or a YAML/JSON file of parameter lists"),
+    folds: int = typer.Option(5, min=2, help="K-fold cross-validation (iterative stratification)"),
+    budget: Optional[int] = typer.Option(None, min=1, help="configurations drawn at random per model (default: the whole grid)"),
+    quick: bool = typer.Option(False, "--quick", help="a sample of the posters, 2 epochs, small built-in grids"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Search hyper-parameters by K-fold cross-validation: tune.csv, tune.md, figures and best.json."""
+    with _user_errors():
+        from posterlens.tune import tune as run
+
+        table = run(catalog, images, out, _cache(cache), space=space, folds=folds, budget=budget, quick=quick)
+    best = table[table["rank"] == 1]
+    _out().print(best[["model", "settings"]].to_string(index=False))
+    console.print(f"ranking and intervals: {out / 'tune.md'}; train with it: posterlens train --config {out / 'best.json'}")
 
 
 @app.command()
