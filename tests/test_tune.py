@@ -123,3 +123,24 @@ def test_a_draw_equal_to_the_defaults_is_not_scored_twice():
     estimator = Pipeline([("model", tune.PixelCNN())])
     configs = [{}, {"model__filters": 32}, {"model__filters": 16}]
     assert tune.new_settings(estimator, configs) == [{}, {"model__filters": 16}]
+
+
+def test_train_cli_takes_its_settings_from_best_json(sample_dir, shared_cache, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from posterlens.cli import app
+
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"backbones": ["efficientnet_lite0"], "genre": {"epochs": 2, "wd": 10.0}, "score": {}}))
+    result = CliRunner().invoke(app, ["train", "-c", str(sample_dir / "MovieGenre.csv"), "-o", str(tmp_path / "m"),
+                                      "--cache", str(shared_cache), "--min-genre-count", "10", "--config", str(best)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert [b["name"] for b in config["backbones"]] == ["efficientnet_lite0"]
+    assert config["genre_model"]["params"]["epochs"] == 2 and config["genre_model"]["params"]["wd"] == 10.0
+    best.write_text(json.dumps({"genre": {"epochs": "many"}}))
+    bad = CliRunner().invoke(app, ["train", "-c", str(sample_dir / "MovieGenre.csv"), "-o", str(tmp_path / "x"),
+                                   "--config", str(best)])
+    assert bad.exit_code == 2 and "epochs" in bad.output and "Traceback" not in bad.output
