@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from posterlens import __version__, catalog, evaluate, features, metrics, model as model_files, pipeline, safeio
+from posterlens import __version__, evaluate, features, model as model_files, pipeline, safeio
 from posterlens.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
