@@ -132,11 +132,6 @@ def choose_genres(table: pd.DataFrame, min_count: int) -> list[str]:
     return kept
 
 
-def stratify_on(data: Dataset, genres: list[str]) -> np.ndarray:
-    """The genre matrix used to stratify splits."""
-    return catalog.genre_matrix(data.table, genres)
-
-
 def holdout_split(Y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train/test indices, stratified for multi-label data."""
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
@@ -245,7 +240,7 @@ def validate(data: Dataset, genres: list[str], spec: features.FeatureSpec, confi
     With ``config.refit`` the final fit uses every poster; without it, the holdout's
     training part (so ``posterlens evaluate`` can score the held-out posters later).
     """
-    Y = stratify_on(data, genres)
+    Y = catalog.genre_matrix(data.table, genres)  # splits are stratified on it
     everything, none = np.arange(len(Y)), np.array([], dtype=int)
     if config.folds:
         runs = []
