@@ -85,7 +85,7 @@ def card(model_dir: Path, facts: dict) -> str:
         f"- Genres: `GenreClassifier` ({config['genre_model']['params']['calibration_folds']}-fold out-of-fold Platt "
         f"calibration; label rule: per-genre F1 thresholds, at most {model.genre_model.max_labels} genres a poster). "
         f"{len(model.genres)} genres: {genres}.",
-        f"- Score: `{type(model.score_model).__name__}` (IMDb-style score, 0-10).",
+        f"- Score: `{model.score_model.estimator}` (IMDb-style score, 0-10).",
         "",
         "## Data",
         f"- Trained on {facts['n_train']} posters of the development set (`../shared/data/posters`, Kaggle "

@@ -96,3 +96,32 @@ def test_label_rule_ranks_by_how_far_a_genre_clears_its_bar():
     thresholds = [0.4, 0.4, 0.04]  # the rare third genre is at 3x its threshold
     assert _rule(thresholds, 2, rank_power=0.0).predict(P)[0].tolist() == [1, 1, 0]
     assert _rule(thresholds, 2, rank_power=1.0).predict(P)[0].tolist() == [1, 0, 1]
+
+
+def test_numpy_heads_compute_what_torch_and_scikit_learn_fitted(data, genre_model):
+    """The fitted heads predict with numpy alone; they must agree with the module and pipeline they came from."""
+    import torch
+
+    from posterlens.fitted import standardised
+    from posterlens.heads import _forward
+
+    X, _, y = data
+    head = genre_model.head_
+    expected = _forward(genre_model.module_, standardised(X, head.mean, head.std))
+    np.testing.assert_allclose(head.raw_logits(X), expected, rtol=1e-4, atol=1e-5)
+    regressor = ScoreRegressor(components=16, kernel_components=100).fit(X, y)
+    np.testing.assert_allclose(regressor.predict(X), regressor.pipeline_.predict(X) + y.mean(), rtol=1e-4, atol=1e-4)
+    hidden = GenreClassifier(hidden=8, epochs=2, calibration_folds=2).fit(X, (y > 6)[:, None].repeat(2, axis=1))
+    with torch.inference_mode():
+        torch_logits = hidden.module_(torch.as_tensor(standardised(X, hidden.head_.mean, hidden.head_.std))).numpy()
+    np.testing.assert_allclose(hidden.head_.raw_logits(X), torch_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_loading_a_model_for_prediction_imports_neither_torch_nor_scikit_learn():
+    import subprocess
+    import sys
+
+    code = ("import sys, posterlens.predict, posterlens.model, posterlens.fitted; "
+            "print(sorted(m for m in ('torch', 'sklearn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"

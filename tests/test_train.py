@@ -81,7 +81,9 @@ HOSTILE_CONFIGS = {
     "write outside": (lambda c: c["backbones"].__setitem__(0, {"name": "../../../../tmp/x"}), "backbone"),
     "unknown class": (lambda c: c["genre_model"].__setitem__("class", "os.system"), "genre_model"),
     "bad number": (lambda c: c["genre_model"]["params"].__setitem__("max_labels", -3), "out of range"),
-    "bad type": (lambda c: c["genre_model"]["params"].__setitem__("epochs", "20; rm -rf /"), "must be int"),
+    "bad type": (lambda c: c["genre_model"]["params"].__setitem__("epochs", "20; rm -rf /"), "must be a number"),
+    "odd name": (lambda c: c["score_model"]["params"].__setitem__("__class__", 1), "not a parameter name"),
+    "bad arrays": (lambda c: c["genre_model"]["params"].__setitem__("max_labels", 1.5), "does not fit"),
     "path as file": (lambda c: c["files"].__setitem__("../outside.txt", "0" * 64), "plain file names"),
     "genre shapes": (lambda c: c["genres"].append("Extra"), "shapes do not fit"),
 }

@@ -226,7 +226,7 @@ def run_head(backbone: backbones.Backbone, split: Split, epochs: int, cache: Pat
     backbone_params = count_parameters(backbones.create_model(backbone))
     return Row(
         model=f"head:{backbone.name}", scores=scores(split.Y[split.test], P, model.genre_labels(P)),
-        parameters=count_parameters(head.module_), size_mb=state_size_mb(head.to_arrays()),
+        parameters=sum(w.size + b.size for w, b in head.network.layers), size_mb=state_size_mb(head.to_arrays()),
         train_s_per_epoch=fit_s / epochs, infer_ms_per_poster=inference_ms(predict, _test_paths(split)),
         epochs=str(epochs), input=f"{backbone.width}x{backbone.height}",
         notes=(f"head only; frozen shared backbone {backbone_params / 1e6:.1f}M params; embeddings "

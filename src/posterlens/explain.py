@@ -17,7 +17,6 @@ resized to the poster, are averaged too.
 
 from __future__ import annotations
 
-import copy
 import io
 import threading
 import weakref
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from posterlens.backbones import FIRST_BLOCK, create_model
+from posterlens.heads import torch_network
 from posterlens.images import MAX_PIXELS, decode, read_poster_bytes, to_array
 
 OVERLAY_WEIGHT = 0.5  # share of the poster in an overlay (the rest is the heat map)
@@ -97,9 +97,9 @@ def genre_logits(net, head, before, after):
     class GenreLogits(nn.Module):
         def __init__(self):
             super().__init__()
-            self.net, self.head = net, copy.deepcopy(head.module_).requires_grad_(False)
-            for name in ("mean_", "std_", "scale_", "bias_"):
-                self.register_buffer(name.rstrip("_"), torch.as_tensor(getattr(head, name)))
+            self.net, self.head = net, torch_network(head.network).requires_grad_(False)
+            for name in ("mean", "std", "scale", "bias"):
+                self.register_buffer(name, torch.as_tensor(getattr(head, name)))
             self.register_buffer("before", before)
             self.register_buffer("after", after)
 

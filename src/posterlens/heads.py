@@ -1,9 +1,11 @@
 """Genre and score estimators on poster embeddings, with the scikit-learn contract.
 
 Hyper-parameters are set in ``__init__`` and nowhere else (``get_params``/``clone`` work);
-what is learned ends in ``_``; ``fit`` returns ``self``. Every estimator writes what it
-learned to a flat dict of numpy arrays (``to_arrays``) and is rebuilt from one plus its
-parameters (``from_arrays``), so model files are safetensors and loading never unpickles.
+what is learned ends in ``_``; ``fit`` returns ``self``. What an estimator learned is a
+``fitted`` head (``head_``): flat numpy arrays (``to_arrays``; model files are safetensors,
+loading never unpickles) and the numpy that predicts from them, so predicting needs
+neither torch nor scikit-learn. ``from_arrays`` rebuilds a fitted estimator from the arrays
+and its parameters.
 
 - ``GenreClassifier`` owns the whole genre chain: standardise -> a linear layer (or one
   hidden layer) trained with fastai's ``fit_one_cycle`` -> per-genre Platt calibration on
@@ -23,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
+from posterlens.fitted import (  # noqa: F401  (LabelRule and save_arrays: used from here by compare and tune)
+    GenreHead, LabelRule, Network, ScoreClassesHead, ScoreHead, save_arrays, sigmoid, standardised)
+
 
 def _standardiser(X: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std (1 where constant), in float64 over row chunks: no full-size temporaries."""
@@ -34,18 +39,6 @@ def _standardiser(X: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndar
     mean = total / len(X)
     std = np.sqrt(np.maximum(squares / len(X) - mean ** 2, 0.0))
     return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
-
-
-def _standardised(X: np.ndarray, mean: np.ndarray, std: np.ndarray, inplace: bool = False) -> np.ndarray:
-    """``(X - mean) / std`` as float32, in one copy (none with ``inplace`` on a float32 array the caller owns)."""
-    out = X if inplace and X.dtype == np.float32 else np.array(X, dtype=np.float32)
-    out -= mean
-    out /= std
-    return out
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
 
 
 @dataclass
@@ -124,10 +117,13 @@ def _module_arrays(module) -> dict[str, np.ndarray]:
     return {f"module.{k}": v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
 
-def _load_module(module, arrays: dict[str, np.ndarray]):
+def torch_network(network: Network):
+    """The torch module of a fitted ``Network`` (for gradients: ``explain`` uses it)."""
     import torch
 
-    module.load_state_dict({k[len("module."):]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("module.")})
+    hidden = network.layers[0][0].shape[0] if len(network.layers) > 1 else 0
+    module = _mlp(network.n_in, network.n_out, hidden, 0.0)
+    module.load_state_dict({k[len("module."):]: torch.as_tensor(v) for k, v in network.arrays.items()})
     return module.eval()
 
 
@@ -136,47 +132,6 @@ def _forward(module, X: np.ndarray) -> np.ndarray:
 
     with torch.inference_mode(), _torch_threads(1):
         return module(torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32))).numpy()
-
-
-# --- the label rule ------------------------------------------------------------------------------
-
-class LabelRule:
-    """Probabilities -> genres for the poster as a whole.
-
-    Each genre has a threshold: the cut that maximises that genre's F1 on out-of-fold
-    probabilities, times ``threshold_scale``. A poster gets the genres over their threshold,
-    at most ``max_labels`` of them, and always at least its top genre. Genres are ranked by
-    ``p / threshold ** rank_power``: 0 ranks by probability (common genres first), 1 by
-    how far each genre clears its own bar (rare genres first); 0.5 sits between.
-    """
-
-    def __init__(self, max_labels: int = 4, rank_power: float = 0.5, threshold_scale: float = 1.1):
-        self.max_labels, self.rank_power, self.threshold_scale = max_labels, rank_power, threshold_scale
-
-    @staticmethod
-    def f1_thresholds(Y: np.ndarray, P: np.ndarray) -> np.ndarray:
-        """Per genre, the probability threshold that maximises that genre's F1 on (Y, P)."""
-        from sklearn.metrics import precision_recall_curve
-
-        thresholds = np.full(Y.shape[1], 0.5, dtype=np.float32)
-        for j in range(Y.shape[1]):
-            if Y[:, j].sum() == 0:
-                continue
-            precision, recall, cut = precision_recall_curve(Y[:, j], P[:, j])
-            f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-            thresholds[j] = cut[int(np.argmax(f1[:-1]))]
-        return thresholds
-
-    def fit(self, Y: np.ndarray, P: np.ndarray) -> "LabelRule":
-        self.thresholds_ = np.clip(self.f1_thresholds(Y, P) * self.threshold_scale, 1e-4, 1.0).astype(np.float32)
-        return self
-
-    def predict(self, P: np.ndarray) -> np.ndarray:
-        """0/1 labels: over threshold, at most ``max_labels``, never none."""
-        priority = P / self.thresholds_ ** self.rank_power
-        rank = np.argsort(np.argsort(-priority, axis=1), axis=1)
-        labels = ((P >= self.thresholds_) & (rank < self.max_labels)) | (rank == 0)
-        return labels.astype(np.float32)
 
 
 # --- genres ---------------------------------------------------------------------------------------
@@ -214,8 +169,8 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
         if self.pos_weight:
             pos = Y.mean(axis=0).clip(1e-3, 1 - 1e-3)
             weight = torch.as_tensor(np.sqrt((1 - pos) / pos), dtype=torch.float32)
-        v = (_standardised(valid[0], mean, std), valid[1].astype(np.float32)) if valid is not None else None
-        log = fit_module(module, _standardised(X, mean, std, owned), Y.astype(np.float32), nn.BCEWithLogitsLoss(pos_weight=weight),
+        v = (standardised(valid[0], mean, std), valid[1].astype(np.float32)) if valid is not None else None
+        log = fit_module(module, standardised(X, mean, std, owned), Y.astype(np.float32), nn.BCEWithLogitsLoss(pos_weight=weight),
                          self.epochs, self.lr, self.wd, self.batch_size, self.seed, v)
         return mean, std, module, log
 
@@ -227,7 +182,7 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
         folds = MultilabelStratifiedKFold(n_splits=self.calibration_folds, shuffle=True, random_state=self.seed)
         for train, valid in folds.split(np.zeros(len(Y)), Y):
             mean, std, module, _ = self._fit_network(X[train], Y[train], owned=True)
-            Z[valid] = _forward(module, _standardised(X[valid], mean, std, inplace=True))
+            Z[valid] = _forward(module, standardised(X[valid], mean, std, inplace=True))
         return Z
 
     def fit(self, X: np.ndarray, Y: np.ndarray, valid: tuple[np.ndarray, np.ndarray] | None = None) -> "GenreClassifier":
@@ -236,15 +191,17 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
         if self.calibration_folds < 2:
             raise ValueError(f"calibration_folds must be 2 or more (got {self.calibration_folds})")
         oof = self.out_of_fold_logits(X, Y)
-        self.mean_, self.std_, self.module_, self.log_ = self._fit_network(X, Y, valid)
-        self.calibrate(oof, Y)
-        self.oof_proba_ = sigmoid(oof * self.scale_ + self.bias_)
-        self.rule_ = LabelRule(self.max_labels, self.rank_power, self.threshold_scale).fit(Y, self.oof_proba_)
+        mean, std, self.module_, self.log_ = self._fit_network(X, Y, valid)
+        scale, bias = self.calibrate(oof, Y)
+        self.oof_proba_ = sigmoid(oof * scale + bias)
+        rule = LabelRule(self.max_labels, self.rank_power, self.threshold_scale).fit(Y, self.oof_proba_)
+        self.head_ = GenreHead(self.get_params(), mean, std, Network(_module_arrays(self.module_)), scale, bias, rule)
         self.n_features_in_ = X.shape[1]
         return self
 
-    def calibrate(self, logits: np.ndarray, Y: np.ndarray) -> "GenreClassifier":
-        """Platt scaling per genre, fitted on out-of-fold ``logits``.
+    @staticmethod
+    def calibrate(logits: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Platt scaling per genre, fitted on out-of-fold ``logits``: the (scale, bias) of each genre.
 
         The strong weight decay and the positive-class weights that rank genres best
         leave probabilities far from observed frequencies; a per-genre ``sigmoid(a*z + b)``
@@ -252,62 +209,44 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
         """
         from sklearn.linear_model import LogisticRegression
 
-        self.scale_ = np.ones(Y.shape[1], dtype=np.float32)
-        self.bias_ = np.zeros(Y.shape[1], dtype=np.float32)
+        scale, bias = np.ones(Y.shape[1], dtype=np.float32), np.zeros(Y.shape[1], dtype=np.float32)
         for j in range(Y.shape[1]):
             if 0 < Y[:, j].sum() < len(Y):
                 platt = LogisticRegression(C=100.0).fit(logits[:, j:j + 1], Y[:, j])
-                self.scale_[j], self.bias_[j] = platt.coef_[0, 0], platt.intercept_[0]
-        return self
-
-    def raw_logits(self, X: np.ndarray) -> np.ndarray:
-        """The network's logits, before calibration."""
-        return _forward(self.module_, _standardised(X, self.mean_, self.std_))
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Calibrated logits."""
-        return self.raw_logits(X) * self.scale_ + self.bias_
+                scale[j], bias[j] = platt.coef_[0, 0], platt.intercept_[0]
+        return scale, bias
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated probability of each genre, (n_posters, n_genres)."""
-        return sigmoid(self.decision_function(X))
+        return self.head_.predict_proba(X)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """0/1 genres by the label rule."""
-        return self.labels(self.predict_proba(X))
+        return self.head_.predict(X)
 
     def labels(self, P: np.ndarray) -> np.ndarray:
         """The label rule on probabilities already computed (train, evaluate and predict share it)."""
-        return self.rule_.predict(P)
-
-    @property
-    def thresholds_(self) -> np.ndarray:
-        return self.rule_.thresholds_
+        return self.head_.labels(P)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean_, "std": self.std_, "scale": self.scale_, "bias": self.bias_,
-                "thresholds": self.rule_.thresholds_, **_module_arrays(self.module_)}
+        return self.head_.to_arrays()
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], params: dict) -> "GenreClassifier":
         clf = cls(**params)
-        clf.mean_, clf.std_, clf.scale_, clf.bias_ = arrays["mean"], arrays["std"], arrays["scale"], arrays["bias"]
-        clf.rule_ = LabelRule(clf.max_labels, clf.rank_power, clf.threshold_scale)
-        clf.rule_.thresholds_ = arrays["thresholds"]
-        clf.n_features_in_ = len(clf.mean_)
-        clf.module_ = _load_module(_mlp(len(clf.mean_), len(clf.scale_), clf.hidden, clf.dropout), arrays)
+        clf.head_ = GenreHead.from_arrays(arrays, clf.get_params())
+        clf.n_features_in_ = clf.head_.n_features_in_
         return clf
 
 
 # --- score ---------------------------------------------------------------------------------------
 
-# Fitted attributes that define each pipeline step (saved as arrays, restored on load).
+# Fitted attributes of each pipeline step that ``fitted.ScoreHead`` predicts from.
 _STEP_STATE = {
-    "StandardScaler": ("mean_", "scale_", "var_", "n_samples_seen_", "n_features_in_"),
-    "PCA": ("mean_", "components_", "explained_variance_", "explained_variance_ratio_", "singular_values_",
-            "noise_variance_", "n_components_", "n_samples_", "n_features_in_"),
-    "Nystroem": ("components_", "normalization_", "component_indices_", "n_features_in_"),
-    "Ridge": ("coef_", "intercept_", "n_features_in_"),
+    "StandardScaler": ("mean_", "scale_", "n_features_in_"),
+    "PCA": ("mean_", "components_"),
+    "Nystroem": ("components_", "normalization_"),
+    "Ridge": ("coef_", "intercept_"),
 }
 
 
@@ -341,33 +280,27 @@ class ScoreRegressor(RegressorMixin, BaseEstimator):
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "ScoreRegressor":
         X = np.asarray(X, dtype=np.float32)
-        self.offset_ = float(np.mean(y))
-        self.pipeline_ = self._pipeline(*X.shape).fit(X, np.asarray(y, dtype=np.float64) - self.offset_)
+        offset = float(np.mean(y))
+        self.pipeline_ = self._pipeline(*X.shape).fit(X, np.asarray(y, dtype=np.float64) - offset)
+        arrays = {"offset": np.array([offset])}
+        for name, step in self.pipeline_.steps:
+            for attr in _STEP_STATE[type(step).__name__]:
+                arrays[f"{name}.{attr}"] = np.atleast_1d(np.asarray(getattr(step, attr)))
+        self.head_ = ScoreHead.from_arrays(arrays, self.get_params())
         self.n_features_in_ = X.shape[1]
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return (self.pipeline_.predict(np.asarray(X, dtype=np.float32)) + self.offset_).astype(np.float32)
+        return self.head_.predict(X)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"offset": np.array([self.offset_])}
-        for name, step in self.pipeline_.steps:
-            for attr in _STEP_STATE[type(step).__name__]:
-                arrays[f"{name}.{attr}"] = np.atleast_1d(np.asarray(getattr(step, attr)))
-        return arrays
+        return self.head_.to_arrays()
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], params: dict) -> "ScoreRegressor":
         reg = cls(**params)
-        reg.offset_ = float(arrays["offset"][0])
-        n_features = int(arrays["scale.n_features_in_"][0])
-        n_samples = int(arrays["scale.n_samples_seen_"][0])
-        reg.pipeline_ = reg._pipeline(n_samples, n_features)
-        for name, step in reg.pipeline_.steps:
-            for attr in _STEP_STATE[type(step).__name__]:
-                value = arrays[f"{name}.{attr}"]
-                setattr(step, attr, value.item() if value.ndim == 1 and value.size == 1 and attr.startswith("n") else value)
-        reg.n_features_in_ = n_features
+        reg.head_ = ScoreHead.from_arrays(arrays, reg.get_params())
+        reg.n_features_in_ = reg.head_.n_features_in_
         return reg
 
 
@@ -384,41 +317,32 @@ class ScoreClassifier(ClassifierMixin, BaseEstimator):
         from torch import nn
 
         X = np.asarray(X, dtype=np.float32)
-        self.classes_ = np.unique(np.round(y, 1)).astype(np.float32)
-        target = np.searchsorted(self.classes_, np.round(y, 1).astype(np.float32)).astype(np.int64)
-        self.mean_, self.std_ = _standardiser(X)
-        self.module_ = _mlp(X.shape[1], len(self.classes_), 0, 0.0)
-        self.log_ = fit_module(self.module_, ((X - self.mean_) / self.std_).astype(np.float32), target,
+        classes = np.unique(np.round(y, 1)).astype(np.float32)
+        target = np.searchsorted(classes, np.round(y, 1).astype(np.float32)).astype(np.int64)
+        mean, std = _standardiser(X)
+        self.module_ = _mlp(X.shape[1], len(classes), 0, 0.0)
+        self.log_ = fit_module(self.module_, standardised(X, mean, std), target,
                                nn.CrossEntropyLoss(), self.epochs, self.lr, self.wd, seed=self.seed)
-        self.n_features_in_ = X.shape[1]
+        self.head_ = ScoreClassesHead(self.get_params(), mean, std, Network(_module_arrays(self.module_)), classes)
+        self.classes_, self.n_features_in_ = classes, X.shape[1]
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        z = _forward(self.module_, (np.asarray(X, dtype=np.float32) - self.mean_) / self.std_)
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return self.head_.predict_proba(X)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        return self.head_.predict(X)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean_, "std": self.std_, "classes": self.classes_, **_module_arrays(self.module_)}
+        return self.head_.to_arrays()
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], params: dict) -> "ScoreClassifier":
         clf = cls(**params)
-        clf.mean_, clf.std_, clf.classes_ = arrays["mean"], arrays["std"], arrays["classes"]
-        clf.n_features_in_ = len(clf.mean_)
-        clf.module_ = _load_module(_mlp(len(clf.mean_), len(clf.classes_), 0, 0.0), arrays)
+        clf.head_ = ScoreClassesHead.from_arrays(arrays, clf.get_params())
+        clf.classes_, clf.n_features_in_ = clf.head_.classes_, clf.head_.n_features_in_
         return clf
 
 
 ESTIMATORS = {cls.__name__: cls for cls in (GenreClassifier, ScoreRegressor, ScoreClassifier)}
 
-
-
-def save_arrays(arrays: dict[str, np.ndarray], path) -> None:
-    """Write arrays as safetensors."""
-    from safetensors.numpy import save_file
-
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from posterlens import __version__, backbones, features
-from posterlens.heads import ESTIMATORS, GenreClassifier, save_arrays
+from posterlens.fitted import HEADS, GenreHead, ScoreClassesHead, ScoreHead, save_arrays
 
 CONFIG = "config.json"
 GENRE_FILE = "genre_model.safetensors"
@@ -48,10 +48,11 @@ class PosterModel:
 
     features: features.FeatureSpec
     genres: list[str]
-    genre_model: GenreClassifier
-    score_model: Any | None  # ScoreRegressor or ScoreClassifier; None: no scores to learn from
+    genre_model: GenreHead  # a fitted GenreClassifier's ``head_``
+    score_model: ScoreHead | ScoreClassesHead | None  # None: no scores to learn from
     score_mode: str
     info: dict = field(default_factory=dict)  # training settings, validation, data fingerprint, split...
+    curves: pd.DataFrame | None = field(default=None, repr=False)  # fastai training curves (training only)
 
     def genre_proba(self, X: np.ndarray) -> np.ndarray:
         return self.genre_model.predict_proba(X)
@@ -126,10 +127,10 @@ def _write(model: PosterModel, out: Path, tables: dict[str, pd.DataFrame], index
         "posterlens_version": __version__,
         "backbones": [_backbone_entry(b, out) for b in model.features.backbones],
         "genres": model.genres,
-        "genre_model": {"class": type(model.genre_model).__name__, "params": model.genre_model.get_params()},
+        "genre_model": {"class": model.genre_model.estimator, "params": model.genre_model.params},
         "score_mode": model.score_mode,
         "score_model": None if model.score_model is None else
-        {"class": type(model.score_model).__name__, "params": model.score_model.get_params()},
+        {"class": model.score_model.estimator, "params": model.score_model.params},
         **model.info,
     }
     config["files"] = {p.name: sha256(p) for p in sorted(out.iterdir())}
@@ -228,17 +229,23 @@ def _check_backbone(entry: dict, files: dict, path: Path) -> None:
         raise _fail(path, f"backbone {name!r}: weights must be a file listed in the model directory")
 
 
+_PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
 def _check_estimator(entry: Any, path: Path, key: str, classes: set[str]) -> None:
+    """The estimator's class and parameters: plain names with numbers or booleans in [0, 1e6].
+
+    (The estimators' own signatures are not consulted: that would import scikit-learn,
+    which predicting does not need; each head reads the few parameters it uses.)
+    """
     if not isinstance(entry, dict) or entry.get("class") not in classes or not isinstance(entry.get("params"), dict):
         raise _fail(path, f"'{key}' must name one of {sorted(classes)} with its params")
-    defaults = ESTIMATORS[entry["class"]]().get_params()
     for name, value in entry["params"].items():
-        if name not in defaults:
-            raise _fail(path, f"'{key}': unknown parameter {name!r}")
-        expected = type(defaults[name])
-        if type(value) is not expected and not (expected is float and type(value) is int):
-            raise _fail(path, f"'{key}.{name}' must be {expected.__name__} (got {value!r})")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value <= 1e6:
+        if not (isinstance(name, str) and _PARAM_NAME.match(name)):
+            raise _fail(path, f"'{key}': {name!r} is not a parameter name")
+        if type(value) not in (bool, int, float):
+            raise _fail(path, f"'{key}.{name}' must be a number or a boolean (got {value!r})")
+        if not isinstance(value, bool) and not 0 <= value <= 1e6:
             raise _fail(path, f"'{key}.{name}' = {value!r} is out of range")
 
 
@@ -260,9 +267,9 @@ def _load_arrays(file: Path) -> dict[str, np.ndarray]:
         raise ModelError(f"{file}: not a readable safetensors file ({err})") from None
 
 
-def _estimator(entry: dict, file: Path):
+def _head(entry: dict, file: Path):
     try:
-        return ESTIMATORS[entry["class"]].from_arrays(_load_arrays(file), entry["params"])
+        return HEADS[entry["class"]].from_arrays(_load_arrays(file), entry["params"])
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
         raise ModelError(f"{file}: does not fit its configuration ({type(err).__name__}: {err})") from None
 
@@ -275,12 +282,12 @@ def load(model_dir: Path) -> PosterModel:
         spec = features.FeatureSpec(tuple(_backbone(e, model_dir) for e in config["backbones"]))
     except backbones.BackboneError as err:
         raise ModelError(f"{model_dir / CONFIG}: {err}") from None
-    genre_model = _estimator(config["genre_model"], model_dir / GENRE_FILE)
+    genre_model = _head(config["genre_model"], model_dir / GENRE_FILE)
     score_model = None
     if config["score_model"] is not None:
-        score_model = _estimator(config["score_model"], model_dir / SCORE_FILE)
+        score_model = _head(config["score_model"], model_dir / SCORE_FILE)
     n = len(config["genres"])
-    if genre_model.n_features_in_ != spec.feature_dim or len(genre_model.scale_) != n or len(genre_model.thresholds_) != n:
+    if genre_model.n_features_in_ != spec.feature_dim or len(genre_model.scale) != n or len(genre_model.thresholds_) != n:
         raise _fail(model_dir / GENRE_FILE, f"shapes do not fit {spec.feature_dim} features and {n} genres")
     if score_model is not None and score_model.n_features_in_ != spec.feature_dim:
         raise _fail(model_dir / SCORE_FILE, f"expects {score_model.n_features_in_} features, the backbones give {spec.feature_dim}")

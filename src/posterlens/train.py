@@ -183,7 +183,8 @@ def fit_models(data: Dataset, idx: np.ndarray, genres: list[str], spec: features
         "data_fingerprint": fingerprint([data.keys[i] for i in idx], catalog.genre_matrix(table, genres)),
     }
     mode = config.score_mode if score_model is not None else "none"
-    return PosterModel(spec, genres, genre_model, score_model, mode, info)
+    return PosterModel(spec, genres, genre_model.head_, None if score_model is None else score_model.head_, mode, info,
+                       curves_table(genre_model, score_model))
 
 
 def fingerprint(keys: list[str], Y: np.ndarray) -> str:
@@ -224,10 +225,10 @@ def similar_index(model: PosterModel, data: Dataset, idx: np.ndarray, seed: int)
     return SimilarIndex.build(model.genre_proba(data.X[idx]), movies, seed)
 
 
-def curves_table(model: PosterModel) -> pd.DataFrame:
+def curves_table(genre_model, score_model) -> pd.DataFrame:
     """fit_one_cycle curves of the estimators trained with fastai."""
     frames = []
-    for name, estimator in (("genre", model.genre_model), ("score", model.score_model)):
+    for name, estimator in (("genre", genre_model), ("score", score_model)):
         if estimator is not None and hasattr(estimator, "log_"):
             frames.append(pd.DataFrame(estimator.log_.rows).assign(model=name))
     columns = ["model", "epoch", "train_loss", "valid_loss"]
@@ -280,7 +281,7 @@ def train(catalog_path: Path, images: Path | None, out: Path, config: TrainConfi
     model.info["images"] = str(Path(images).resolve()) if images else None
     seconds["fit"] = time.perf_counter() - start - seconds["embed"]
     extra = {
-        CURVES_FILE: curves_table(model),
+        CURVES_FILE: model.curves,
         TRAINING_SET_FILE: pd.DataFrame({"id": data.table["id"].iloc[train_idx],
                                          "key": [data.keys[i] for i in train_idx]}),
     }
