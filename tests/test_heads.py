@@ -125,3 +125,11 @@ def test_loading_a_model_for_prediction_imports_neither_torch_nor_scikit_learn()
             "print(sorted(m for m in ('torch', 'sklearn', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+def test_large_sets_calibrate_on_as_many_folds_as_calibration_posters_need(data):
+    X, Y, _ = data
+    model = GenreClassifier(epochs=3, calibration_folds=3, calibration_posters=90).fit(X, Y)
+    assert 90 <= len(model.oof_rows_) <= 110  # one fold of 300 posters, not all three
+    assert model.oof_proba_.shape == (len(model.oof_rows_), Y.shape[1])
+    assert model.predict(X).sum(axis=1).min() >= 1
