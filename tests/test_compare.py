@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from posterlens.compare import METRICS, CompareError, augment, compare
+from posterlens.compare import METRICS, CompareError, compare
 
 KINDS = ("head", "finetune", "cnn", "mlp")
 BASELINES = {"baseline: top-2 constant", "baseline: priors"}
@@ -65,13 +65,3 @@ def test_unknown_model_is_refused_before_any_work(tmp_path, sample_dir):
     with pytest.raises(CompareError, match="unknown model 'resnet'"):
         compare(sample_dir / "MovieGenre.csv", None, tmp_path / "out", models=["resnet"], cache=tmp_path)
     assert not (tmp_path / "out").exists()
-
-
-def test_augment_keeps_shape_and_range():
-    import torch
-
-    torch.manual_seed(0)
-    x = torch.rand(4, 3, 24, 16)
-    y = augment(x)
-    assert y.shape == x.shape
-    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0

@@ -120,7 +120,9 @@ def test_restrict_renumbers_folds():
 def test_a_draw_equal_to_the_defaults_is_not_scored_twice():
     from sklearn.pipeline import Pipeline
 
-    estimator = Pipeline([("model", tune.PixelCNN())])
+    from posterlens.pixels import PixelCNN
+
+    estimator = Pipeline([("model", PixelCNN())])
     configs = [{}, {"model__filters": 32}, {"model__filters": 16}]
     assert tune.new_settings(estimator, configs) == [{}, {"model__filters": 16}]
 

@@ -2,7 +2,7 @@
 
 A space names what to search, by section: ``genre`` (``GenreClassifier`` parameters),
 ``score`` (``ScoreRegressor``), ``features`` (``FeatureBlocks``: backbone mix, input width,
-mirror averaging) and ``cnn`` (``PixelCNN``, the original study's from-scratch CNN). Built-in
+mirror averaging) and ``cnn`` (``pixels.PixelCNN``, the original study's from-scratch CNN). Built-in
 spaces are in ``SPACES``; a YAML or JSON file of the same shape defines a custom one.
 
 Every configuration is scored by K-fold cross-validation on the folds of ``train.kfold_splits``
@@ -19,19 +19,19 @@ import json
 import math
 import time
 from dataclasses import dataclass, fields, replace
-from functools import partial
 from itertools import product
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.model_selection import GridSearchCV, ParameterGrid, ParameterSampler
 from sklearn.pipeline import Pipeline
 
-from posterlens import backbones, catalog, compare, features, metrics, safeio, train
-from posterlens.heads import GenreClassifier, LabelRule, ScoreRegressor
+from posterlens import backbones, catalog, features, metrics, safeio, train
+from posterlens.heads import GenreClassifier, ScoreRegressor
+from posterlens.pixels import SCHEDULES, PixelCNN, decode_posters
 
 GENRE_METRICS = ("macro_map", "macro_f1", "micro_f1", "samples_f1")
 SCORE_METRICS = ("spearman", "mae")
@@ -40,9 +40,8 @@ N_JOBS = {"genre": 2, "score": 1, "cnn": 1}  # processes; each genre fit trains 
 QUICK = {"genre": {"epochs": 2, "calibration_folds": 2}, "cnn": {"epochs": 2}}  # fixed settings under --quick
 QUICK_POSTERS = 120
 QUICK_MIN_GENRE_COUNT = 5
-CNN_INPUT = compare.SCRATCH_INPUT["cnn"]
+CNN_INPUT = PixelCNN.default_size
 QUICK_CNN_INPUT = (64, 96)
-SCHEDULES = ("plateau", "one_cycle")
 TOP_ROWS = 10  # configurations shown per model in tune.md
 FIGURE_COLUMNS = 4  # settings per row of a tune_<model>.png
 CONFIDENCE = 0.95
@@ -117,79 +116,9 @@ class FeatureBlocks(TransformerMixin, BaseEstimator):
         return np.concatenate(parts, axis=1)
 
 
-def build_cnn(n_out: int, filters: int = 32, dropout: float = 0.5):
-    """The original CNN, sized: 4 conv blocks (``filters`` x 1-2-4-8, conv dropout ``dropout / 2``),
-    global average pooling, dense 512 -> 256 with ``dropout``. ``(n, 32, 0.5)`` is ``compare.build_cnn(n)``."""
-    from torch import nn
-
-    def block(c_in: int, c_out: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(c_out),
-                             nn.MaxPool2d(2), nn.Dropout(dropout / 2))
-
-    widths = [3] + [filters * 2 ** i for i in range(4)]
-    return nn.Sequential(*(block(a, b) for a, b in zip(widths, widths[1:])), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(widths[-1], 512), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(512, 256), nn.ReLU(), nn.Dropout(dropout), nn.Linear(256, n_out))
-
-
-class PixelCNN(ClassifierMixin, BaseEstimator):
-    """The from-scratch CNN as a multi-label estimator on uint8 posters (N, 3, H, W).
-
-    ``fit`` keeps ``compare.VALID`` of the posters for validation: ``ReduceLROnPlateau`` on
-    its loss (``schedule="plateau"``, the original recipe; or ``fit_one_cycle``) and the label rule.
-    Classic L2 1e-4, as in the original.
-    """
-
-    def __init__(self, filters: int = 32, dropout: float = 0.5, lr: float = 1e-3, batch_size: int = 32,
-                 schedule: str = "plateau", epochs: int = compare.DEFAULT_EPOCHS["cnn"], seed: int = 42):
-        self.filters, self.dropout, self.lr, self.batch_size = filters, dropout, lr, batch_size
-        self.schedule, self.epochs, self.seed = schedule, epochs, seed
-
-    def _recipe(self, X: np.ndarray) -> compare.Recipe:
-        return compare.Recipe((X.shape[3], X.shape[2]), *compare.PIXELS_01, self.epochs, self.lr, self.batch_size,
-                              wd=1e-4, l2=True)
-
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> "PixelCNN":
-        from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
-        from fastai.callback.tracker import ReduceLROnPlateau
-        from fastai.data.core import DataLoaders
-        from fastai.learner import Learner
-        from fastai.optimizer import Adam
-        from fastai.torch_core import default_device, set_seed
-        from torch import nn
-
-        Y = np.asarray(Y, dtype=np.float32)
-        fit_idx, valid_idx = train.holdout_split(Y, compare.VALID, self.seed)
-        recipe = self._recipe(X)
-        set_seed(self.seed)
-        self.module_ = build_cnn(Y.shape[1], self.filters, self.dropout)
-        dls = DataLoaders(compare.loader(X[fit_idx], Y[fit_idx], self.batch_size, shuffle=True),
-                          compare.loader(X[valid_idx], Y[valid_idx], self.batch_size, shuffle=False),
-                          device=default_device())
-        learn = Learner(dls, self.module_, loss_func=nn.BCEWithLogitsLoss(), opt_func=partial(Adam, decouple_wd=False),
-                        lr=self.lr, wd=recipe.wd, cbs=[compare.pixel_batches(recipe)])
-        with learn.no_bar(), learn.no_logging():
-            if self.schedule == "one_cycle":
-                learn.fit_one_cycle(self.epochs, self.lr)
-            else:
-                learn.fit(self.epochs, self.lr, cbs=[ReduceLROnPlateau(monitor="valid_loss", patience=1, factor=5.0)])
-        self.module_.eval()
-        self.rule_ = LabelRule().fit(Y[valid_idx], self.predict_proba(X[valid_idx]))
-        return self
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return compare.predict_pixels(self.module_, X, self._recipe(X))
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.rule_.predict(self.predict_proba(X))
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return compare.module_arrays(self.module_)
-
-
 SECTIONS: dict[str, type] = {"features": FeatureBlocks, "genre": GenreClassifier, "score": ScoreRegressor,
                              "cnn": PixelCNN}
-FIXED = {"layout", "seed"}  # parameters a space does not search
+FIXED = {"layout", "seed", "verbose"}  # parameters a space does not search
 
 
 def searchable(section: str) -> dict:
@@ -388,7 +317,7 @@ def embedding_searches(space: dict, table: pd.DataFrame, cache: Path, folds: int
 
 def cnn_search(space: dict, table: pd.DataFrame, folds: int, budget: int | None, quick: bool, seed: int) -> Search:
     """The from-scratch CNN on decoded posters (``QUICK_CNN_INPUT`` under ``quick``)."""
-    X, ok = compare.decode_posters(table["path"].tolist(), QUICK_CNN_INPUT if quick else CNN_INPUT)
+    X, ok = decode_posters(table["path"].tolist(), QUICK_CNN_INPUT if quick else CNN_INPUT)
     table, X = table[ok].reset_index(drop=True), X[ok]
     Y, splits = genre_targets(table, folds, quick, seed)
     estimator = Pipeline([("model", PixelCNN(seed=seed))]).set_params(**quick_params("cnn", quick))
