@@ -159,7 +159,7 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, hidden: int = 0, dropout: float = 0.5, epochs: int = 20, lr: float = 3e-3,
-                 wd: float = 30.0, pos_weight: bool = True, batch_size: int = 256, calibration_folds: int = 5,
+                 wd: float = 30.0, pos_weight: bool = True, batch_size: int = 256, calibration_folds: int = 3,
                  calibration_posters: int = 20000, max_labels: int = 4, rank_power: float = 0.5,
                  threshold_scale: float = 1.1, seed: int = 42):
         self.hidden, self.dropout, self.epochs, self.lr, self.wd = hidden, dropout, epochs, lr, wd
