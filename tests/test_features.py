@@ -150,3 +150,75 @@ def test_openvino_parallel_requests_equal_one_request(tmp_path):
     one_by_one = np.concatenate([runner(batch[i:i + 1]) for i in range(5)])
     assert runner.parallel is not None and together.shape == (5, SPEC.feature_dim)
     np.testing.assert_allclose(together, one_by_one, rtol=1e-4, atol=1e-4)
+
+
+LITE2 = resolve("efficientnet_lite2")
+
+
+class Recording:
+    """A stand-in network: keeps the pixels it is given, returns a summary of each poster as its features."""
+
+    def __init__(self, backbone):
+        self.backbone, self.batches = backbone, []
+
+    @property
+    def seen(self) -> int:
+        return sum(len(batch) for batch in self.batches)
+
+    def __call__(self, batch):
+        assert batch.shape[1:] == (self.backbone.height, self.backbone.width, 3) and batch.dtype == np.uint8
+        self.batches.append(batch.copy())
+        return np.repeat(batch.mean(axis=(1, 2, 3), dtype=np.float32)[:, None], self.backbone.feature_dim, axis=1)
+
+
+def test_two_backbones_read_hash_and_decode_each_poster_once(posters, tmp_path, monkeypatch):
+    hashed, decoded = [], []
+    content_hash, decode_sizes = features.content_hash, features.decode_sizes
+    monkeypatch.setattr(features, "content_hash", lambda data: hashed.append(data) or content_hash(data))
+    monkeypatch.setattr(features, "decode_sizes", lambda path, data, sizes: decoded.append((path, sizes))
+                        or decode_sizes(path, data, sizes))
+    spec = features.FeatureSpec((SPEC, LITE2))
+    runners = [Recording(SPEC), Recording(LITE2)]
+    result = features.embed(posters + posters[:2], spec, tmp_path, runners=runners, batch_size=4, progress=False)
+    assert len(hashed) == len(posters) + 2  # once a file (the two repeated files are listed twice)
+    assert sorted(path for path, _ in decoded) == sorted(map(str, posters))  # once a distinct image
+    assert all(sizes == [(SPEC.width, SPEC.height), (LITE2.width, LITE2.height)] for _, sizes in decoded)
+    assert [r.seen for r in runners] == [len(posters), len(posters)]
+    assert result.ok.all() and result.features.shape == (len(posters) + 2, spec.feature_dim)
+    assert result.computed == len(posters) and result.cached == 0
+    np.testing.assert_array_equal(result.features[-2:], result.features[:2])
+
+
+def test_a_backbone_added_to_a_cached_one_runs_alone(posters, tmp_path):
+    alone = features.embed_files(posters, SPEC, tmp_path, runner=Recording(SPEC), progress=False)
+    spec = features.FeatureSpec((SPEC, LITE2))
+    runners = [Recording(SPEC), Recording(LITE2)]
+    both = features.embed(posters, spec, tmp_path, runners=runners, progress=False)
+    assert [r.seen for r in runners] == [0, len(posters)]
+    assert both.ok.all() and both.computed == len(posters) and both.cached == 0
+    np.testing.assert_array_equal(both.features[:, :SPEC.feature_dim], alone.features)
+    again = [Recording(SPEC), Recording(LITE2)]
+    warm = features.embed(posters, spec, tmp_path, runners=again, progress=False)
+    assert [r.seen for r in again] == [0, 0] and warm.cached == len(posters) and warm.computed == 0
+    np.testing.assert_array_equal(warm.features, both.features)
+
+
+def test_a_backbone_gets_the_same_pixels_alone_or_with_another(tmp_path):
+    """A large JPEG is drafted (decoded at a reduced scale) the same way whichever backbones ask for it."""
+    y, x = np.mgrid[0:2900, 0:1950]
+    noise = np.random.default_rng(0).integers(0, 60, (2900, 1950, 3))
+    pixels = np.stack([x % 256, y % 256, (x * y) % 256], axis=-1) // 2 + noise
+    poster = tmp_path / "large.jpg"
+    from PIL import Image
+
+    Image.fromarray(pixels.astype(np.uint8)).save(poster, quality=90)
+    alone = Recording(SPEC)
+    features.embed([poster], features.FeatureSpec((SPEC,)), tmp_path / "alone", runners=[alone], progress=False)
+    together = [Recording(SPEC), Recording(LITE2)]
+    features.embed([poster], features.FeatureSpec((LITE2, SPEC)), tmp_path / "together", runners=together[::-1],
+                   progress=False)
+    np.testing.assert_array_equal(together[0].batches[0], alone.batches[0])
+    from posterlens.images import decode, read_poster_bytes
+
+    np.testing.assert_array_equal(np.asarray(decode(poster, read_poster_bytes(poster), (SPEC.width, SPEC.height))),
+                                  alone.batches[0][0])

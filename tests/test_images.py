@@ -193,3 +193,19 @@ def test_16bit_rgb_png_is_scaled_not_clipped(tmp_path):
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
     row = np.asarray(decode("rgb16.png", png, (64, 96)))[48, :, 1].astype(int)
     assert row.min() <= 5 and row.max() >= 250 and np.all(np.diff(row) >= 0)
+
+
+def test_one_decode_serves_every_size_as_decoding_for_each_alone(tmp_path, monkeypatch):
+    """A JPEG far larger than the inputs is drafted to ``DRAFT_SIZE`` for every size (one decode for all)."""
+    noise = np.random.default_rng(1).integers(0, 256, (2250, 1500, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "JPEG", quality=90)
+    data, sizes = buffer.getvalue(), [(224, 320), (260, 372), (64, 96)]
+    drafts = []
+    decode_drafted = images._decode_drafted
+    monkeypatch.setattr(images, "_decode_drafted", lambda *args: drafts.append(decode_drafted(*args)) or drafts[-1])
+    together = images.decode_sizes("large.jpg", data, sizes)
+    assert [d.size for d in drafts] == [(750, 1125)]  # decoded once, at 1/2 scale: at least DRAFT_SIZE
+    for size, image in zip(sizes, together):
+        assert image.size == size
+        np.testing.assert_array_equal(np.asarray(image), np.asarray(decode("large.jpg", data, size)))

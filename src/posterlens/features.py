@@ -10,7 +10,8 @@ normalised inside the graph: OpenVINO (``auto`` picks it where installed), ONNX 
 (the fallback) and torch. Images are decoded in worker threads while the network runs.
 
 A ``FeatureSpec`` is the embedding a model uses: one or more backbones, concatenated in
-order, each cached on its own (adding a backbone reuses the others' cache).
+order, each cached on its own (adding a backbone reuses the others' cache). Each poster
+is read, hashed and decoded once for all of them, then resized to each one's input.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from posterlens.backbones import Backbone, create_model
-from posterlens.images import PosterError, content_hash, decode, read_poster_bytes
+from posterlens.images import PosterError, content_hash, decode_sizes, read_poster_bytes
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ class Embeddings:
     features: np.ndarray
     keys: list[str | None] = field(default_factory=list)  # content hash of each file
     errors: dict[str, str] = field(default_factory=dict)  # path -> reason
-    computed: int = 0
-    cached: int = 0
+    computed: int = 0  # distinct images embedded by at least one backbone in this call
+    cached: int = 0  # rows whose whole embedding came from the cache
     seconds: float = 0.0
 
     @property
@@ -72,21 +73,6 @@ class FeatureSpec:
     @property
     def name(self) -> str:
         return "+".join(b.name for b in self.backbones)
-
-
-def embed(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: Path, use_cache: bool = True,
-          runners: Sequence[Runner] | None = None, **options) -> Embeddings:
-    """``embed_files`` for each backbone of ``spec``, concatenated; a poster failing in any is NaN."""
-    parts = [embed_files(paths, backbone, cache_dir, use_cache=use_cache,
-                         runner=runners[i] if runners else None, **options)
-             for i, backbone in enumerate(spec.backbones)]
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    errors = {path: reason for part in parts for path, reason in part.errors.items()}
-    return Embeddings(first.paths, np.concatenate([p.features for p in parts], axis=1), first.keys, errors,
-                      computed=max(p.computed for p in parts), cached=min(p.cached for p in parts),
-                      seconds=sum(p.seconds for p in parts))
 
 
 def _digest(keys: Sequence[str], vectors: np.ndarray) -> str:
@@ -335,26 +321,40 @@ def _read_and_hash(paths: Sequence[str], suffix: str) -> tuple[list[str | None],
     return keys, errors
 
 
-def _decode_batch(paths: Sequence[str], backbone: Backbone, mirror: bool) -> tuple[list[int], np.ndarray, dict[str, str]]:
-    """Decode a batch; returns the positions that worked, their pixels and the failures."""
+Batch = list[tuple[int, tuple[bool, ...]]]  # (row, which backbones need it)
+
+
+def _decode_batch(paths: Sequence[str], batch: Batch, spec: FeatureSpec,
+                  mirror: bool) -> tuple[list[tuple[list[int], np.ndarray]], dict[int, str]]:
+    """Decode each poster of a batch once, at the input size of each backbone that needs it.
+
+    Returns, for each backbone, the rows it got pixels for and those pixels; and the rows
+    that failed, with the reason.
+    """
     from PIL import ImageOps
 
-    done, arrays, errors = [], [], {}
-    for i, path in enumerate(paths):
+    rows: list[list[int]] = [[] for _ in spec.backbones]
+    arrays: list[list[np.ndarray]] = [[] for _ in spec.backbones]
+    errors: dict[int, str] = {}
+    for row, needs in batch:
+        wanted = [j for j, need in enumerate(needs) if need]
+        sizes = [(spec.backbones[j].width, spec.backbones[j].height) for j in wanted]
         try:
-            image = decode(path, read_poster_bytes(path), (backbone.width, backbone.height))
-            arrays.append(np.asarray(ImageOps.mirror(image) if mirror else image, dtype=np.uint8))
-            done.append(i)
+            images = decode_sizes(paths[row], read_poster_bytes(paths[row]), sizes)
         except (PosterError, OSError) as err:
-            errors[path] = getattr(err, "reason", str(err))
-    pixels = np.stack(arrays) if arrays else np.zeros((0, backbone.height, backbone.width, 3), np.uint8)
-    return done, pixels, errors
+            errors[row] = getattr(err, "reason", str(err))
+            continue
+        for j, image in zip(wanted, images):
+            rows[j].append(row)
+            arrays[j].append(np.asarray(ImageOps.mirror(image) if mirror else image, dtype=np.uint8))
+    pixels = [np.stack(a) if a else np.zeros((0, b.height, b.width, 3), np.uint8) for a, b in zip(arrays, spec.backbones)]
+    return list(zip(rows, pixels)), errors
 
 
-def _prefetched(batches: list[list[int]], load: Callable[[list[int]], tuple], depth: int = 2) -> Iterator[tuple]:
+def _prefetched(batches: list[Batch], load: Callable[[Batch], tuple], depth: int = 2) -> Iterator[tuple]:
     """Yield ``load(batch)`` for each batch, decoding the next ones in threads meanwhile."""
     with ThreadPoolExecutor(max_workers=depth) as pool:
-        queue: deque[tuple[list[int], Future]] = deque()
+        queue: deque[tuple[Batch, Future]] = deque()
         for batch in batches:
             queue.append((batch, pool.submit(load, batch)))
             if len(queue) > depth:
@@ -365,54 +365,79 @@ def _prefetched(batches: list[list[int]], load: Callable[[list[int]], tuple], de
             yield b, fut.result()
 
 
-def embed_files(
+def embed(
     paths: Sequence[str | Path],
-    backbone: Backbone,
+    spec: FeatureSpec,
     cache_dir: Path,
     engine: str = "auto",
     batch_size: int = 8,
     mirror: bool = False,
     progress: bool = True,
-    runner: Runner | None = None,
+    runners: Sequence[Runner | None] | None = None,
     use_cache: bool = True,
 ) -> Embeddings:
-    """Embed poster files, reusing and filling the on-disk cache (unless ``use_cache`` is off)."""
+    """Embed poster files with each backbone of ``spec``, side by side, reusing and filling each
+    backbone's on-disk cache (unless ``use_cache`` is off); a poster failing is NaN in every column.
+
+    Each file is read and hashed once; a poster missing from any backbone's cache is decoded
+    once and resized to the input of each backbone that lacks it, and only those backbones run.
+    ``runners`` (one per backbone) replace the networks ``engine`` would build.
+    """
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     cache_dir = Path(cache_dir)
     paths = [str(p) for p in paths]
-    cache = FeatureCache(cache_dir, backbone) if use_cache else NoCache()
+    backbones = spec.backbones
+    caches = [FeatureCache(cache_dir, b) if use_cache else NoCache() for b in backbones]
     keys, errors = _read_and_hash(paths, ":mirror" if mirror else "")
-    known = cache.load()
-    features = np.full((len(paths), backbone.feature_dim), np.nan, dtype=np.float32)
+    known = [cache.load() for cache in caches]
+    ends = np.cumsum([b.feature_dim for b in backbones])
+    columns = [slice(end - b.feature_dim, end) for b, end in zip(backbones, ends)]
+    features = np.full((len(paths), spec.feature_dim), np.nan, dtype=np.float32)
     todo: dict[str, list[int]] = {}  # identical images are computed once
+    needs: dict[str, tuple[bool, ...]] = {}  # which backbones lack each image
     for i, key in enumerate(keys):
         if key is None:
             continue
-        if key in known:
-            features[i] = known[key]
-        else:
+        for table, cols in zip(known, columns):
+            if key in table:
+                features[i, cols] = table[key]
+        needs[key] = tuple(key not in table for table in known)
+        if any(needs[key]):
             todo.setdefault(key, []).append(i)
-    cached = sum(k is not None and k in known for k in keys)
-    first = [rows[0] for rows in todo.values()]
+    cached = sum(key is not None and not any(needs[key]) for key in keys)
+    # posters needing the same backbones side by side, so that each backbone gets full batches
+    first = sorted(((rows[0], needs[key]) for key, rows in todo.items()), key=lambda item: item[1], reverse=True)
     if first:
-        runner = runner or make_runner(backbone, cache_dir, engine)
+        runners = list(runners or [None] * len(backbones))  # built only for the backbones that run
+        for j, backbone in enumerate(backbones):
+            if runners[j] is None and any(need[j] for _, need in first):
+                runners[j] = make_runner(backbone, cache_dir, engine)
         batches = [first[i:i + batch_size] for i in range(0, len(first), batch_size)]
-        bar = tqdm(total=len(first), desc=f"embedding ({backbone.name})", unit="poster", disable=not progress)
-        load = lambda batch: _decode_batch([paths[i] for i in batch], backbone, mirror)  # noqa: E731
-        for batch, (done, pixels, batch_errors) in _prefetched(batches, load):
-            errors.update(batch_errors)
-            if done:
-                vectors = runner(pixels)
-                rows = [batch[j] for j in done]
-                cache.add([keys[r] for r in rows], vectors)
-                for r, v in zip(rows, vectors):
-                    features[todo[keys[r]]] = v
+        bar = tqdm(total=len(first), desc=f"embedding ({spec.name})", unit="poster", disable=not progress)
+        load = lambda batch: _decode_batch(paths, batch, spec, mirror)  # noqa: E731
+        for batch, (decoded, failed) in _prefetched(batches, load):
+            for row, reason in failed.items():
+                features[todo[keys[row]]] = np.nan  # columns from the other backbones' caches too
+                errors.update((paths[r], reason) for r in todo[keys[row]])
+            for runner, cache, cols, (rows, pixels) in zip(runners, caches, columns, decoded):
+                if rows:
+                    vectors = runner(pixels)
+                    cache.add([keys[r] for r in rows], vectors)
+                    for r, v in zip(rows, vectors):
+                        features[todo[keys[r]], cols] = v
             bar.update(len(batch))
         bar.close()
-        cache.compact()
+        for cache in caches:
+            cache.compact()
     for path, reason in errors.items():
         log.warning("skipped %s: %s", path, reason)
-    return Embeddings(paths, features, keys, errors, computed=len(first) - sum(paths[i] in errors for i in first),
+    return Embeddings(paths, features, keys, errors, computed=sum(paths[i] not in errors for i, _ in first),
                       cached=cached, seconds=time.perf_counter() - start)
+
+
+def embed_files(paths: Sequence[str | Path], backbone: Backbone, cache_dir: Path, runner: Runner | None = None,
+                **options) -> Embeddings:
+    """``embed`` with one backbone (``runner`` for it, or one built for ``options["engine"]``)."""
+    return embed(paths, FeatureSpec((backbone,)), cache_dir, runners=[runner], **options)

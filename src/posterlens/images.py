@@ -15,14 +15,18 @@ import os
 import stat
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from posterlens.backbones import Backbone
+from posterlens.backbones import REGISTRY, Backbone
 
 MAX_PIXELS = 40_000_000  # larger images are refused as decompression bombs
 MAX_FILE_BYTES = 50_000_000  # larger poster files are refused before they are read
+# JPEGs are decoded at a reduced scale that stays at least this size (width, height), the same
+# for every backbone, so that one decode serves them all: twice the largest registered input.
+DRAFT_SIZE = (2 * max(b.width for b in REGISTRY.values()), 2 * max(b.height for b in REGISTRY.values()))
 
 
 class PosterError(ValueError):
@@ -41,19 +45,20 @@ def content_hash(data: bytes) -> str:
 
 def decode(path: str | Path, data: bytes, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode ``data`` to an RGB image of ``size`` (width, height), EXIF orientation applied."""
-    import io
+    return decode_sizes(path, data, [size], max_pixels)[0]
 
-    if not data:
-        raise PosterError(path, "empty file")
+
+def decode_sizes(path: str | Path, data: bytes, sizes: Sequence[tuple[int, int]],
+                 max_pixels: int = MAX_PIXELS) -> list[Image.Image]:
+    """``decode`` at several sizes, decoding ``data`` once (once per ``_draft_size``).
+
+    Each size is resized from the image drafted to ``_draft_size(size)``, which depends on
+    that size alone: a backbone's pixels are the same whichever other sizes are asked for.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > max_pixels:
-                raise PosterError(path, f"{image.width}x{image.height} pixels: over the {max_pixels:,} limit (decompression bomb?)")
-            image.draft("RGB", size)  # JPEG: decode at a reduced scale when much larger
-            image = to_8bit(ImageOps.exif_transpose(image)).convert("RGB")
-            return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        drafts = {size: _draft_size(size) for size in sizes}
+        decoded = {draft: _decode_drafted(path, data, draft, max_pixels) for draft in set(drafts.values())}
+        return [decoded[drafts[size]].resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0) for size in sizes]
     except PosterError:
         raise
     except UnidentifiedImageError:
@@ -62,6 +67,27 @@ def decode(path: str | Path, data: bytes, size: tuple[int, int], max_pixels: int
         raise PosterError(path, f"decompression bomb refused ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise PosterError(path, f"corrupt or truncated image ({err})") from None
+
+
+def _draft_size(size: tuple[int, int]) -> tuple[int, int]:
+    """What a JPEG is drafted to before it is resized to ``size``: ``DRAFT_SIZE``, or ``size`` where larger."""
+    return max(size[0], DRAFT_SIZE[0]), max(size[1], DRAFT_SIZE[1])
+
+
+def _decode_drafted(path: str | Path, data: bytes, draft: tuple[int, int], max_pixels: int) -> Image.Image:
+    """``data`` as an 8-bit RGB image, EXIF orientation applied; a JPEG at least ``draft`` in size
+    is decoded at a reduced scale (1/2, 1/4 or 1/8) that keeps it at least ``draft``."""
+    import io
+
+    if not data:
+        raise PosterError(path, "empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > max_pixels:
+            raise PosterError(path, f"{image.width}x{image.height} pixels: over the {max_pixels:,} limit (decompression bomb?)")
+        image.draft("RGB", draft)
+        return to_8bit(ImageOps.exif_transpose(image)).convert("RGB")
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
