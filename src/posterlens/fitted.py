@@ -15,9 +15,19 @@ what ``config.json`` records about it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
+
+
+ROWS = 8192  # posters per block when predicting: memory stays flat however many are asked for
+
+
+def by_rows(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray) -> np.ndarray:
+    """``predict`` on blocks of ``ROWS`` rows, stacked (its temporaries never hold all of ``X``)."""
+    if len(X) <= ROWS:
+        return predict(X)
+    return np.concatenate([predict(X[start:start + ROWS]) for start in range(0, len(X), ROWS)])
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -130,7 +140,7 @@ class GenreHead:
 
     def raw_logits(self, X: np.ndarray) -> np.ndarray:
         """The network's logits, before calibration."""
-        return self.network(standardised(X, self.mean, self.std))
+        return by_rows(lambda block: self.network(standardised(block, self.mean, self.std)), X)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated probability of each genre, (n_posters, n_genres)."""
@@ -179,6 +189,9 @@ class ScoreHead:
         return int(self.arrays["scale.n_features_in_"][0])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        return by_rows(self._predict, X)
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
         a = self.arrays
         Z = standardised(X, a["scale.mean_"].astype(np.float32), a["scale.scale_"].astype(np.float32))
         Z = (Z - a["pca.mean_"]) @ a["pca.components_"].T
@@ -221,7 +234,7 @@ class ScoreClassesHead:
         return len(self.mean)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        z = self.network(standardised(X, self.mean, self.std))
+        z = by_rows(lambda block: self.network(standardised(block, self.mean, self.std)), X)
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 

@@ -291,16 +291,26 @@ class ScoreRegressor(RegressorMixin, BaseEstimator):
         components = min(self.components, n_samples, n_features)
         return Pipeline([
             ("scale", StandardScaler()),
-            ("pca", PCA(components, random_state=self.seed)),
+            ("pca", PCA(components, copy=False, random_state=self.seed)),
             ("kernel", Nystroem(gamma=self.gamma_scale / n_features, n_components=min(self.kernel_components, n_samples),
                                 random_state=self.seed)),
             ("ridge", Ridge(alpha=self.alpha)),
         ])
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "ScoreRegressor":
+        """Fit the pipeline's steps one by one, so that only one scaled copy of ``X`` ever exists.
+
+        (``Pipeline.fit`` would add ``StandardScaler.fit``'s and PCA's full-size temporaries:
+        7.8 GB instead of 5 at 100,000 posters.)
+        """
         X = np.asarray(X, dtype=np.float32)
         offset = float(np.mean(y))
-        self.pipeline_ = self._pipeline(*X.shape).fit(X, np.asarray(y, dtype=np.float64) - offset)
+        self.pipeline_ = self._pipeline(*X.shape)
+        scale, pca, kernel, ridge = (step for _, step in self.pipeline_.steps)
+        for start in range(0, len(X), 8192):
+            scale.partial_fit(X[start:start + 8192])
+        reduced = pca.fit_transform(scale.transform(X))  # PCA(copy=False) centres the scaled copy in place
+        ridge.fit(kernel.fit_transform(reduced), np.asarray(y, dtype=np.float64) - offset)
         arrays = {"offset": np.array([offset])}
         for name, step in self.pipeline_.steps:
             for attr in _STEP_STATE[type(step).__name__]:
