@@ -300,8 +300,8 @@ class ScoreRegressor(RegressorMixin, BaseEstimator):
     def fit(self, X: np.ndarray, y: np.ndarray) -> "ScoreRegressor":
         """Fit the pipeline's steps one by one, so that only one scaled copy of ``X`` ever exists.
 
-        (``Pipeline.fit`` would add ``StandardScaler.fit``'s and PCA's full-size temporaries:
-        7.8 GB instead of 5 at 100,000 posters.)
+        (``Pipeline.fit`` adds ``StandardScaler.fit``'s and PCA's full-size temporaries: at
+        20,000 posters its peak was 2.4x the embeddings' size above them, this one's 1.1x.)
         """
         X = np.asarray(X, dtype=np.float32)
         offset = float(np.mean(y))
