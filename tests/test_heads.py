@@ -133,3 +133,9 @@ def test_large_sets_calibrate_on_as_many_folds_as_calibration_posters_need(data)
     assert 90 <= len(model.oof_rows_) <= 110  # one fold of 300 posters, not all three
     assert model.oof_proba_.shape == (len(model.oof_rows_), Y.shape[1])
     assert model.predict(X).sum(axis=1).min() >= 1
+
+
+def test_epochs_are_cut_to_the_step_budget_on_large_sets():
+    model = GenreClassifier(epochs=20, batch_size=256, max_steps=4000)
+    assert model.epochs_for(4722) == 20 and model.epochs_for(51200) == 20
+    assert model.epochs_for(100_000) == 10 and model.epochs_for(10_000_000) == 1
