@@ -177,14 +177,17 @@ class PosterTexts:
 
 
 def read_texts(paths: Sequence[str | Path], cache_dir: Path, settings: OcrSettings = OcrSettings(),
-               reader: Reader | None = None, batch_size: int = 16, progress: bool = True) -> PosterTexts:
-    """The text printed on each poster, from the cache where possible (OCR only for new images)."""
+               reader: Reader | None = None, batch_size: int = 16, progress: bool = True,
+               use_cache: bool = True) -> PosterTexts:
+    """The text printed on each poster, from the cache where possible (OCR only for new images).
+
+    ``use_cache=False`` neither reads nor writes the cache (in-memory images, as for embeddings)."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     paths = [str(p) for p in paths]
-    cache = TextCache(Path(cache_dir), settings)
-    known = cache.load()
+    cache = TextCache(Path(cache_dir), settings) if use_cache else None
+    known = cache.load() if cache else {}
     keys: list[str | None] = []
     errors: dict[str, str] = {}
     todo: dict[str, list[int]] = {}  # new images, each read once however many files hold it
@@ -219,11 +222,12 @@ def read_texts(paths: Sequence[str | Path], cache_dir: Path, settings: OcrSettin
                 texts[r] = text
             done_keys.append(key)
             done_texts.append(text)
-            if len(done_keys) >= batch_size:
+            if len(done_keys) >= batch_size and cache:
                 cache.add(done_keys, done_texts)
                 done_keys, done_texts = [], []
             bar.update()
-        cache.add(done_keys, done_texts)
+        if cache:
+            cache.add(done_keys, done_texts)
         bar.close()
     for path, reason in errors.items():
         log.warning("skipped %s: %s", path, reason)
@@ -376,17 +380,32 @@ class TextModel:
     @classmethod
     def fit(cls, texts: Sequence[str], Y: np.ndarray, image_oof_proba: np.ndarray,
             folds: Sequence[tuple[np.ndarray, np.ndarray]], genres: list[str],
-            settings: OcrSettings = OcrSettings(), rule: dict | None = None, **params) -> "TextModel":
+            settings: OcrSettings = OcrSettings(), rule: dict | None = None,
+            oof_rows: np.ndarray | None = None, **params) -> "TextModel":
         """Fit on every poster; ``image_oof_proba`` are the image model's out-of-fold probabilities
-        (``GenreClassifier.oof_proba_``) and ``folds`` the folds they came from, which give the
-        text model's own out-of-fold probabilities for the fusion."""
+        (``GenreClassifier.oof_proba_``) for the rows ``oof_rows`` (``oof_rows_``; default: every
+        row) and ``folds`` the folds they came from, which give the text model's own out-of-fold
+        probabilities for the fusion, fitted on those rows."""
         texts = np.array([t or "" for t in texts], dtype=object)
         Y = np.asarray(Y, dtype=np.float32)
+        rows = np.arange(len(Y)) if oof_rows is None else np.asarray(oof_rows)
+        wanted = np.zeros(len(Y), dtype=bool)
+        wanted[rows] = True
         oof = np.zeros(Y.shape, dtype=np.float32)
         for train, valid in folds:
-            oof[valid] = TextGenreClassifier(**params).fit(texts[train], Y[train]).predict_proba(texts[valid])
-        fusion = TextFusion(**(rule or {})).fit(image_oof_proba, oof, Y)
+            if wanted[valid].any():  # the image model stops at calibration_posters: so does the text model
+                oof[valid] = TextGenreClassifier(**params).fit(texts[train], Y[train]).predict_proba(texts[valid])
+        fusion = TextFusion(**(rule or {})).fit(image_oof_proba, oof[rows], Y[rows])
         return cls(settings, list(genres), TextGenreClassifier(**params).fit(texts, Y), fusion)
+
+    @classmethod
+    def fit_beside(cls, image_model, texts: Sequence[str | None], Y: np.ndarray, genres: list[str],
+                   settings: OcrSettings = OcrSettings(), **params) -> "TextModel":
+        """``fit`` next to a fitted ``GenreClassifier`` on the same rows: its calibration folds,
+        out-of-fold probabilities and label rule settings."""
+        folds = calibration_folds(np.asarray(Y, dtype=np.float32), image_model.calibration_folds, image_model.seed)
+        rule = {k: getattr(image_model, k) for k in ("max_labels", "rank_power", "threshold_scale")}
+        return cls.fit(texts, Y, image_model.oof_proba_, folds, genres, settings, rule, image_model.oof_rows_, **params)
 
     def predict_proba(self, P_image: np.ndarray, texts: Sequence[str | None]) -> np.ndarray:
         """Fused genre probabilities; a poster whose text is ``None`` (not read) keeps ``P_image``."""
@@ -424,7 +443,7 @@ class TextModel:
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             arrays = load_file(str(arrays_path))
-        except (OSError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001  safetensors raises its own error types for a damaged header
             raise TextModelError(f"{folder}: cannot read the text model ({err})") from None
         try:
             if meta.get("format") != TEXT_FORMAT or meta["classifier"]["class"] != "TextGenreClassifier":
