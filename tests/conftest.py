@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -60,3 +61,20 @@ def trained(tmp_path_factory, shared_cache):
 def trained_model(trained) -> Path:
     """The directory of ``trained``."""
     return trained.model_dir
+
+
+def _rewrite_config(model_dir: Path, change) -> None:
+    """Edit config.json as an attacker would, digest recomputed so that only the schema can catch it."""
+    from posterlens import model as model_files
+
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text())
+    change(config)
+    config["digest"] = model_files._config_digest(config)
+    path.write_text(json.dumps(config))
+
+
+@pytest.fixture
+def rewrite_config():
+    """``rewrite_config(model_dir, change)``: ``change(config)`` applied to config.json, digest recomputed."""
+    return _rewrite_config

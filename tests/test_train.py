@@ -66,15 +66,6 @@ def test_damaged_model_directory_is_refused(trained_model, tmp_path, damage):
         model_files.load(copy)
 
 
-def _rewrite_config(model_dir, change) -> None:
-    """Edit config.json as an attacker would, digest recomputed so that only the schema can catch it."""
-    path = model_dir / "config.json"
-    config = json.loads(path.read_text())
-    change(config)
-    config["digest"] = model_files._config_digest(config)
-    path.write_text(json.dumps(config))
-
-
 HOSTILE_CONFIGS = {
     "import a module": (lambda c: c["backbones"].__setitem__(0, {"name": "efficientnet_lite0", "weights": "evil_pkg:x.pth"}),
                         "weights must be a file listed"),
@@ -90,7 +81,7 @@ HOSTILE_CONFIGS = {
 
 
 @pytest.mark.parametrize("attack", list(HOSTILE_CONFIGS))
-def test_hostile_model_config_is_refused_in_one_line(trained_model, tmp_path, attack, monkeypatch):
+def test_hostile_model_config_is_refused_in_one_line(trained_model, tmp_path, attack, monkeypatch, rewrite_config):
     import sys
 
     change, message = HOSTILE_CONFIGS[attack]
@@ -99,7 +90,7 @@ def test_hostile_model_config_is_refused_in_one_line(trained_model, tmp_path, at
     (copy / "evil_pkg").mkdir()
     (copy / "evil_pkg" / "__init__.py").write_text("import pathlib; pathlib.Path(__file__).with_name('RAN').touch()")
     monkeypatch.syspath_prepend(str(copy))
-    _rewrite_config(copy, change)
+    rewrite_config(copy, change)
     before = set(tmp_path.parent.iterdir())
     with pytest.raises(model_files.ModelError, match=message) as caught:
         model_files.load(copy)

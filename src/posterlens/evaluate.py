@@ -43,7 +43,7 @@ def compute(model: PosterModel, data: Dataset) -> tuple[dict, dict]:
     if not labelled.any():
         raise EvaluationError("none of the unseen posters has genres to evaluate the genre model on")
     Y = catalog.genre_matrix(data.table, model.genres)
-    P = model.genre_proba(data.X)
+    P = model.genre_proba(data.X, data.texts)
     L = model.genre_labels(P)
     genre = metrics.genre_metrics(Y[labelled], P[labelled], L[labelled])
     genre["genres_per_poster"] = float(L[labelled].sum(axis=1).mean())
@@ -75,14 +75,15 @@ def evaluate(model_dir: Path, catalog_path: Path, images: Path | None, out: Path
     """Write ``metrics.json``, ``per_genre.csv``, ``confusions.csv``, figures and ``report.html``."""
     model_dir = Path(model_dir)
     model = load(model_dir)
-    data = load_dataset(catalog_path, images, model.features, cache, progress)
+    ocr = model.text.settings if model.text else None  # a model trained with --text reads the posters' text
+    data = load_dataset(catalog_path, images, model.features, cache, progress, ocr)
     fresh = unseen(data, model_dir)
     if not fresh.any():
         raise EvaluationError(f"{catalog_path}: all {len(fresh)} posters were used to train {model_dir}; "
                               "evaluate on other posters (a model trained with --folds saw every poster)")
     if not fresh.all():
         log.info("evaluating on the %d posters the model never saw (%d were in its training set)", fresh.sum(), (~fresh).sum())
-    data = Dataset(data.table[fresh].reset_index(drop=True), data.X[fresh], [k for k, f in zip(data.keys, fresh) if f])
+    data = data.subset(fresh)
     result, arrays = compute(model, data)
     result["similar"] = similar_quality(model_dir, model, data, arrays["P"])
     out.mkdir(parents=True, exist_ok=True)

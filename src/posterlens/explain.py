@@ -142,7 +142,7 @@ class Explainer:
             parts = [net(x) for net, x in zip(self.nets, inputs)]
             P = torch.sigmoid(head(torch.cat(parts, dim=1))).numpy()
         names = self.model.genres
-        predicted = [g for g, on in zip(names, self.model.genre_labels(P)[0]) if on]
+        predicted = [g for g, on in zip(names, self.model.genre_model.labels(P)[0]) if on]  # the image model's own
         chosen = self.chosen(genres, predicted, P[0])
         maps = self.maps(inputs, parts, [names.index(g) for g in chosen])
         poster = np.asarray(decode("poster", data, self.size, max_pixels))

@@ -21,7 +21,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,13 +29,18 @@ import pandas as pd
 from posterlens import __version__, backbones, features
 from posterlens.fitted import HEADS, GenreHead, ScoreClassesHead, ScoreHead, save_arrays
 
+if TYPE_CHECKING:
+    from posterlens.text import TextModel
+
 CONFIG = "config.json"
 GENRE_FILE = "genre_model.safetensors"
 SCORE_FILE = "score_model.safetensors"
 FORMAT = 2
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a file name or timm name: no path, no '..'
 _KNOWN = {"format", "posterlens_version", "backbones", "genres", "genre_model", "score_mode", "score_model",
-          "files", "digest"}
+          "text_model", "files", "digest"}
+TEXT_FILES = ["text_model.safetensors", "text_model.json"]  # text.TEXT_MODEL_FILE, TEXT_MODEL_JSON (a test checks)
+TEXT_OCR = {"det_side", "box_thresh", "max_side", "threads"}  # text.OcrSettings' fields (a test checks)
 
 
 class ModelError(RuntimeError):
@@ -53,17 +58,31 @@ class PosterModel:
     score_mode: str
     info: dict = field(default_factory=dict)  # training settings, validation, data fingerprint, split...
     curves: pd.DataFrame | None = field(default=None, repr=False)  # fastai training curves (training only)
+    text: TextModel | None = None  # trained with --text: poster text fused with the image model
 
-    def genre_proba(self, X: np.ndarray) -> np.ndarray:
+    def genre_proba(self, X: np.ndarray, texts: list[str | None] | None = None) -> np.ndarray:
+        """Genre probabilities; a model with ``text`` needs each poster's text (``None``: not read)."""
+        return self.fuse(self.image_proba(X), texts)
+
+    def image_proba(self, X: np.ndarray) -> np.ndarray:
+        """The image model's probabilities alone (``fuse`` adds the text, after mirror averaging)."""
         return self.genre_model.predict_proba(X)
 
+    def fuse(self, P_image: np.ndarray, texts: list[str | None] | None) -> np.ndarray:
+        """``P_image`` fused with the posters' texts where the model has a text part, else as it is."""
+        if self.text is None:
+            return P_image
+        if texts is None or len(texts) != len(P_image):
+            raise ValueError("this model was trained with --text: pass each poster's text (text.read_texts)")
+        return self.text.predict_proba(P_image, texts)
+
     def genre_labels(self, P: np.ndarray) -> np.ndarray:
-        """The genre model's label rule, applied to probabilities already computed."""
-        return self.genre_model.labels(P)
+        """The label rule (the fusion's where the model has a text part), applied to probabilities already computed."""
+        return self.genre_model.labels(P) if self.text is None else self.text.labels(P)
 
     @property
     def thresholds(self) -> np.ndarray:
-        return self.genre_model.thresholds_
+        return self.genre_model.thresholds_ if self.text is None else self.text.fusion.rule_.thresholds_
 
     def score(self, X: np.ndarray) -> np.ndarray:
         if self.score_model is None:
@@ -122,6 +141,8 @@ def _write(model: PosterModel, out: Path, tables: dict[str, pd.DataFrame], index
         table.to_csv(out / name, index=False)
     if index is not None:
         index.save(out)
+    if model.text is not None:
+        model.text.save(out)
     config = {
         "format": FORMAT,
         "posterlens_version": __version__,
@@ -131,11 +152,20 @@ def _write(model: PosterModel, out: Path, tables: dict[str, pd.DataFrame], index
         "score_mode": model.score_mode,
         "score_model": None if model.score_model is None else
         {"class": model.score_model.estimator, "params": model.score_model.params},
+        "text_model": None if model.text is None else _text_entry(model.text),
         **model.info,
     }
     config["files"] = {p.name: sha256(p) for p in sorted(out.iterdir())}
     config["digest"] = _config_digest(config)
     (out / CONFIG).write_text(json.dumps(config, indent=2, default=_json_default))
+
+
+def _text_entry(text: TextModel) -> dict:
+    """How ``config.json`` names the text part (its arrays and vocabularies are in ``TEXT_FILES``)."""
+    from dataclasses import asdict
+
+    return {"class": "TextModel", "params": text.classifier.get_params(), "ocr": asdict(text.settings),
+            "files": list(TEXT_FILES)}
 
 
 def _json_default(value: Any) -> Any:
@@ -215,6 +245,21 @@ def _check_schema(config: dict, path: Path) -> None:
         _check_estimator(config["score_model"], path, "score_model", {"ScoreRegressor", "ScoreClassifier"})
     if config.get("score_mode") not in ("regression", "classes", "none"):
         raise _fail(path, f"unknown score_mode {config.get('score_mode')!r}")
+    if config.get("text_model") is not None:
+        _check_text(config["text_model"], files, path)
+
+
+def _check_text(entry: Any, files: dict, path: Path) -> None:
+    """``text_model``: its class, numeric params and OCR settings, and its two files listed and checksummed."""
+    if not isinstance(entry, dict) or set(entry) != {"class", "params", "ocr", "files"}:
+        raise _fail(path, "'text_model' must be null or {'class', 'params', 'ocr', 'files'}")
+    _check_estimator(entry, path, "text_model", {"TextModel"})
+    ocr = entry["ocr"]
+    if not isinstance(ocr, dict) or set(ocr) != TEXT_OCR:
+        raise _fail(path, f"'text_model.ocr' must give {sorted(TEXT_OCR)}")
+    _check_numbers(ocr, path, "text_model.ocr")
+    if entry["files"] != TEXT_FILES or not all(name in files for name in TEXT_FILES):
+        raise _fail(path, f"'text_model.files' must be {TEXT_FILES}, each listed in 'files'")
 
 
 def _check_backbone(entry: dict, files: dict, path: Path) -> None:
@@ -229,7 +274,7 @@ def _check_backbone(entry: dict, files: dict, path: Path) -> None:
         raise _fail(path, f"backbone {name!r}: weights must be a file listed in the model directory")
 
 
-_PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_PARAM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")  # C: TextGenreClassifier's, as scikit-learn names it
 
 
 def _check_estimator(entry: Any, path: Path, key: str, classes: set[str]) -> None:
@@ -240,7 +285,12 @@ def _check_estimator(entry: Any, path: Path, key: str, classes: set[str]) -> Non
     """
     if not isinstance(entry, dict) or entry.get("class") not in classes or not isinstance(entry.get("params"), dict):
         raise _fail(path, f"'{key}' must name one of {sorted(classes)} with its params")
-    for name, value in entry["params"].items():
+    _check_numbers(entry["params"], path, key)
+
+
+def _check_numbers(params: dict, path: Path, key: str) -> None:
+    """Plain names with numbers or booleans in [0, 1e6]."""
+    for name, value in params.items():
         if not (isinstance(name, str) and _PARAM_NAME.match(name)):
             raise _fail(path, f"'{key}': {name!r} is not a parameter name")
         if type(value) not in (bool, int, float):
@@ -291,5 +341,21 @@ def load(model_dir: Path) -> PosterModel:
         raise _fail(model_dir / GENRE_FILE, f"shapes do not fit {spec.feature_dim} features and {n} genres")
     if score_model is not None and score_model.n_features_in_ != spec.feature_dim:
         raise _fail(model_dir / SCORE_FILE, f"expects {score_model.n_features_in_} features, the backbones give {spec.feature_dim}")
+    text = None if config.get("text_model") is None else _text(config["text_model"], model_dir, config["genres"])
     return PosterModel(spec, list(config["genres"]), genre_model, score_model, config["score_mode"],
-                       {k: v for k, v in config.items() if k not in _KNOWN})
+                       {k: v for k, v in config.items() if k not in _KNOWN}, text=text)
+
+
+def _text(entry: dict, model_dir: Path, genres: list[str]) -> TextModel:
+    """The text part (imports scikit-learn: only models trained with --text have one)."""
+    from dataclasses import asdict
+
+    from posterlens.text import TextModel, TextModelError
+
+    try:
+        text = TextModel.load(model_dir, genres)
+    except TextModelError as err:
+        raise ModelError(str(err)) from None
+    if text.classifier.get_params() != entry["params"] or asdict(text.settings) != entry["ocr"]:
+        raise _fail(model_dir / CONFIG, "'text_model' does not match text_model.json")
+    return text

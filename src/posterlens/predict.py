@@ -134,6 +134,7 @@ class Predictor:
         self.runners = [_lazy_runner(b, self.cache, engine) for b in self.model.features.backbones]
         self._threads = ThreadpoolController()
         self._memo: dict[tuple, tuple[np.ndarray, str | None]] = {}  # _file_id -> (features, cache key)
+        self._reader = None  # rapidocr, built on the first poster to read (models trained with --text)
 
     def __repr__(self) -> str:
         info = self.model.info
@@ -181,12 +182,36 @@ class Predictor:
         ok = emb.ok
         if not ok.any():
             return emb, P
-        P[ok] = self._heads(self.model.genre_proba, emb.features[ok])
+        P[ok] = self._heads(self.model.image_proba, emb.features[ok])
         if tta:
             mirrored = self._embed_mixed([p for p, good in zip(paths, ok) if good], cached[ok], True, progress)
-            P[ok] = (P[ok] + self._heads(self.model.genre_proba, mirrored.features)) / 2
+            P[ok] = (P[ok] + self._heads(self.model.image_proba, mirrored.features)) / 2
             emb.features[ok] = (emb.features[ok] + mirrored.features) / 2
+        if self.model.text is not None:  # the text is fused after mirror averaging: a mirror has none
+            P[ok] = self.model.fuse(P[ok], self._texts([p for p, good in zip(paths, ok) if good], cached[ok], progress))
         return emb, P
+
+    def _texts(self, paths: list[str], cached: np.ndarray, progress: bool) -> list[str | None]:
+        """The posters' text (models trained with --text): user files through the text cache,
+        temporary copies of in-memory images without it."""
+        from posterlens.text import read_texts
+
+        texts: list[str | None] = [None] * len(paths)
+        for use_cache in (True, False):
+            rows = np.flatnonzero(cached == use_cache)
+            if len(rows):
+                found = read_texts([paths[i] for i in rows], self.cache, self.model.text.settings, reader=self._ocr,
+                                   progress=progress, use_cache=use_cache)
+                for i, text in zip(rows, found.texts):
+                    texts[i] = text
+        return texts
+
+    def _ocr(self, rgb: np.ndarray) -> str:
+        if self._reader is None:
+            from posterlens.text import ocr_reader
+
+            self._reader = ocr_reader(self.model.text.settings)
+        return self._reader(rgb)
 
     def _heads(self, predict, X: np.ndarray) -> np.ndarray:
         """``predict(X)`` with one BLAS thread: for the few rows of a prediction, waking more threads

@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,9 @@ from posterlens import backbones, catalog, features, metrics
 from posterlens.heads import GenreClassifier, ScoreClassifier, ScoreRegressor
 from posterlens.model import PosterModel, save
 from posterlens.similar import SimilarIndex
+
+if TYPE_CHECKING:
+    from posterlens.text import OcrSettings
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ class TrainConfig:
     min_genre_count: int = 20
     genre: dict = field(default_factory=dict)
     score: dict = field(default_factory=dict)
+    text: bool = False  # read poster text (rapidocr) and fuse a text genre model with the image one
 
     def __post_init__(self) -> None:
         if self.score_mode not in SCORE_MODES:
@@ -70,6 +75,10 @@ class TrainConfig:
         epochs = self.genre.get("epochs", 1)
         if not isinstance(epochs, int) or epochs < 1:
             raise TrainError(f"--epochs must be 1 or more (got {epochs})")
+        if self.text:
+            from posterlens.text import require_rapidocr
+
+            require_rapidocr()
 
     @property
     def score_class(self) -> type:
@@ -94,6 +103,16 @@ class Dataset:
     table: pd.DataFrame
     X: np.ndarray
     keys: list[str]  # content hash of each poster
+    texts: list[str | None] | None = None  # OCR text of each poster (None: not read), with --text only
+
+    def texts_of(self, rows: np.ndarray) -> list[str | None] | None:
+        """The texts of ``rows`` (None without --text)."""
+        return None if self.texts is None else [self.texts[i] for i in rows]
+
+    def subset(self, mask: np.ndarray) -> "Dataset":
+        rows = np.flatnonzero(mask)
+        return Dataset(self.table.iloc[rows].reset_index(drop=True), self.X[rows], [self.keys[i] for i in rows],
+                       self.texts_of(rows))
 
 
 @dataclass
@@ -105,14 +124,20 @@ class TrainResult:
 
 
 def load_dataset(catalog_path: Path, images: Path | None, spec: features.FeatureSpec, cache: Path,
-                 progress: bool = True) -> Dataset:
-    """Read a catalogue and embed its posters (from the cache where possible)."""
+                 progress: bool = True, text: OcrSettings | None = None) -> Dataset:
+    """Read a catalogue and embed its posters (from the cache where possible); with ``text``
+    (OCR settings), also read the text printed on them (cached in the same folder)."""
     table = catalog.read_catalog(catalog_path, images)
     emb = features.embed(table["path"].tolist(), spec, cache, progress=progress)
     ok = emb.ok
     if not ok.any():
         raise TrainError(f"{catalog_path}: none of the {len(table)} posters could be read")
-    return Dataset(table[ok].reset_index(drop=True), emb.features[ok], [k for k, good in zip(emb.keys, ok) if good])
+    data = Dataset(table, emb.features, emb.keys).subset(ok)
+    if text is not None:
+        from posterlens.text import read_texts
+
+        data.texts = read_texts(data.table["path"].tolist(), cache, text, progress=progress).texts
+    return data
 
 
 def choose_genres(table: pd.DataFrame, min_count: int) -> list[str]:
@@ -168,6 +193,13 @@ def fit_models(data: Dataset, idx: np.ndarray, genres: list[str], spec: features
     if valid_idx is not None and len(valid_idx):
         valid = (data.X[valid_idx], catalog.genre_matrix(data.table.iloc[valid_idx], genres))
     genre_model = config.genre_estimator().fit(X, Y, valid=valid)
+    text_model = None
+    if config.text:
+        from posterlens.text import TextModel
+
+        if data.texts is None:
+            raise TrainError("--text: this dataset has no poster texts (load_dataset(..., text=OcrSettings()))")
+        text_model = TextModel.fit_beside(genre_model, data.texts_of(idx[labelled]), Y, genres)
     scores = table["score"].to_numpy(dtype=float)
     has_score = ~np.isnan(scores)
     score_model = None
@@ -184,7 +216,7 @@ def fit_models(data: Dataset, idx: np.ndarray, genres: list[str], spec: features
     }
     mode = config.score_mode if score_model is not None else "none"
     return PosterModel(spec, genres, genre_model.head_, None if score_model is None else score_model.head_, mode, info,
-                       curves_table(genre_model, score_model))
+                       curves_table(genre_model, score_model), text_model)
 
 
 def fingerprint(keys: list[str], Y: np.ndarray) -> str:
@@ -203,7 +235,7 @@ def evaluate_split(model: PosterModel, data: Dataset, idx: np.ndarray) -> dict:
     labelled = np.array([len(g) > 0 for g in table["genres"]])
     X = data.X[idx]
     Y = catalog.genre_matrix(table[labelled], model.genres)
-    P = model.genre_proba(X[labelled])
+    P = model.genre_proba(X[labelled], data.texts_of(idx[labelled]))
     L = model.genre_labels(P)
     train_Y = catalog.genre_matrix(data.table.drop(index=data.table.index[idx]), model.genres)
     result = {"genre": {**metrics.genre_metrics(Y, P, L), "genres_per_poster": float(L.sum(axis=1).mean()),
@@ -222,7 +254,7 @@ def similar_index(model: PosterModel, data: Dataset, idx: np.ndarray, seed: int)
     movies = pd.DataFrame({"id": rows["id"].to_numpy(), "title": rows["title"].to_numpy(),
                            "genres": ["|".join(g) for g in rows["genres"]], "score": rows["score"].to_numpy(),
                            "key": [data.keys[i] for i in idx]})
-    return SimilarIndex.build(model.genre_proba(data.X[idx]), movies, seed)
+    return SimilarIndex.build(model.genre_proba(data.X[idx], data.texts_of(idx)), movies, seed)
 
 
 def curves_table(genre_model, score_model) -> pd.DataFrame:
@@ -266,8 +298,13 @@ def train(catalog_path: Path, images: Path | None, out: Path, config: TrainConfi
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     spec = config.feature_spec()
-    data = load_dataset(catalog_path, images, spec, cache, progress)
-    seconds["embed"] = time.perf_counter() - start
+    ocr = None
+    if config.text:
+        from posterlens.text import OcrSettings
+
+        ocr = OcrSettings()
+    data = load_dataset(catalog_path, images, spec, cache, progress, ocr)
+    seconds["embed"] = time.perf_counter() - start  # and read the posters' text, with --text
     genres = choose_genres(data.table, config.min_genre_count)
     validation, train_idx, test_idx = validate(data, genres, spec, config)
     model = fit_models(data, train_idx, genres, spec, config, valid_idx=test_idx)

@@ -1,0 +1,493 @@
+"""Poster text (opt-in, ``--text``): OCR with rapidocr, cached on disk, and a text genre model
+fused with the image model.
+
+- ``read_texts``: the words printed on each poster (title, tagline, names), read by rapidocr's
+  ONNX models, which ship inside its wheel (nothing is downloaded). Cached like embeddings:
+  by OCR settings and the hash of each image's bytes, each finished batch written atomically
+  with its SHA-256; a damaged chunk is ignored with a warning and read again. A poster that
+  cannot be read is skipped with its reason (``errors``), never stops the batch.
+- ``TextGenreClassifier``: TF-IDF word and character n-grams -> one logistic regression a
+  genre, with the scikit-learn contract; saved as safetensors (idf, weights) + JSON
+  (vocabularies, parameters), never pickle.
+- ``TextFusion``: per genre, a logistic regression on the image model's and the text model's
+  logits, fitted on out-of-fold probabilities of both, then the label rule on the fused
+  out-of-fold probabilities. Posters with no text get what the image model says through the
+  same fusion (the text model's logit for an empty text is its intercept).
+
+rapidocr is an optional extra (``pip install 'posterlens[text]'``); ``require_rapidocr``
+says so in one line where it is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from posterlens.fitted import LabelRule, sigmoid
+from posterlens.images import PosterError, content_hash, decode, read_poster_bytes
+
+log = logging.getLogger(__name__)
+
+TEXT_MODEL_FILE = "text_model.safetensors"
+TEXT_MODEL_JSON = "text_model.json"
+INSTALL_HINT = "pip install 'posterlens[text]'"
+
+
+class TextUnavailable(RuntimeError):
+    """``--text`` was asked for where rapidocr is not installed."""
+
+
+def rapidocr_available() -> bool:
+    return importlib.util.find_spec("rapidocr") is not None
+
+
+def require_rapidocr() -> None:
+    """Raise ``TextUnavailable`` (one line: what to install) where rapidocr is missing."""
+    if not rapidocr_available():
+        raise TextUnavailable(f"--text reads poster text with rapidocr, which is not installed: {INSTALL_HINT}")
+
+
+# --- OCR ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OcrSettings:
+    """How posters are read. The defaults cost 0.16 s min, 0.48 s median a poster on one thread
+    (docs/text.md): detection at 320 px on the short side (rapidocr's default, 736 px with the
+    direction classifier, costs ~5x more on 182x268 posters for about the same words), no
+    text-direction classifier, boxes under 0.7 confidence dropped (mostly the credit block)."""
+
+    det_side: int = 320
+    box_thresh: float = 0.7
+    max_side: int = 1024  # larger posters are downscaled first: detection resizes them anyway
+    threads: int = 1
+
+    @property
+    def key(self) -> str:
+        from importlib.metadata import version
+
+        return f"rapidocr{version('rapidocr')}-det{self.det_side}-box{self.box_thresh}-max{self.max_side}"
+
+
+Reader = Callable[[np.ndarray], str]
+
+
+def ocr_reader(settings: OcrSettings) -> Reader:
+    """rapidocr on an RGB uint8 array -> the poster's words, in reading order, one string."""
+    require_rapidocr()
+    from rapidocr import RapidOCR
+
+    engine = RapidOCR(params={
+        "Global.log_level": "error", "Global.use_cls": False,
+        "EngineConfig.onnxruntime.intra_op_num_threads": settings.threads,
+        "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+        "Det.limit_side_len": settings.det_side, "Det.box_thresh": settings.box_thresh,
+    })
+
+    def read(rgb: np.ndarray) -> str:
+        result = engine(np.ascontiguousarray(rgb[:, :, ::-1]))  # rapidocr works in BGR, like cv2.imread
+        return " ".join(result.txts or ())
+
+    return read
+
+
+def _pixels(path: str, data: bytes, max_side: int) -> np.ndarray:
+    """The poster as RGB uint8 at its own size (at most ``max_side``), through ``images.decode``'s checks."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        width, height = Image.open(io.BytesIO(data)).size if data else (0, 0)
+    except (UnidentifiedImageError, OSError):
+        raise PosterError(path, "not an image (Pillow cannot identify it)") from None
+    scale = min(1.0, max_side / max(width, height, 1))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(decode(path, data, size), dtype=np.uint8)
+
+
+def _digest(keys: Sequence[str], texts: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps([list(keys), list(texts)], ensure_ascii=False).encode()).hexdigest()
+
+
+class TextCache:
+    """OCR text of one ``OcrSettings``, as chunk files ``<root>/text/<settings key>/*.json``."""
+
+    def __init__(self, root: Path, settings: OcrSettings):
+        self.dir = Path(root) / "text" / settings.key
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _chunks(self) -> list[Path]:
+        return sorted(self.dir.glob("*.json"))
+
+    def load(self) -> dict[str, str]:
+        """Every cached text by content key; a chunk that fails its checksum is ignored with a warning."""
+        table: dict[str, str] = {}
+        for chunk in self._chunks():
+            try:
+                body = json.loads(chunk.read_text(encoding="utf-8"))
+                keys, texts = body["keys"], body["texts"]
+                if len(keys) != len(texts) or body["sha256"] != _digest(keys, texts):
+                    raise ValueError("checksum mismatch")
+            except Exception as err:  # a damaged chunk only costs its own posters: they are read again
+                log.warning("ignoring damaged text cache file %s (%s); its posters will be read again", chunk, err)
+                continue
+            table.update(zip(keys, texts))
+        return table
+
+    def add(self, keys: Sequence[str], texts: Sequence[str]) -> None:
+        """Store texts atomically (a partial file never looks complete), with their checksum."""
+        if not keys:
+            return
+        name = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        tmp = self.dir / f".{name}.tmp"
+        try:
+            body = {"keys": list(keys), "texts": list(texts), "sha256": _digest(keys, texts)}
+            tmp.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+            os.replace(tmp, self.dir / f"{name}.json")
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class PosterTexts:
+    """OCR text for a list of poster files; ``None`` where the file could not be read."""
+
+    paths: list[str]
+    texts: list[str | None]
+    keys: list[str | None] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # path -> reason
+    computed: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([t is not None for t in self.texts], dtype=bool)
+
+
+def read_texts(paths: Sequence[str | Path], cache_dir: Path, settings: OcrSettings = OcrSettings(),
+               reader: Reader | None = None, batch_size: int = 16, progress: bool = True,
+               use_cache: bool = True) -> PosterTexts:
+    """The text printed on each poster, from the cache where possible (OCR only for new images).
+
+    ``use_cache=False`` neither reads nor writes the cache (in-memory images, as for embeddings)."""
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    paths = [str(p) for p in paths]
+    cache = TextCache(Path(cache_dir), settings) if use_cache else None
+    known = cache.load() if cache else {}
+    keys: list[str | None] = []
+    errors: dict[str, str] = {}
+    todo: dict[str, list[int]] = {}  # new images, each read once however many files hold it
+    data: dict[str, bytes] = {}  # their bytes (only theirs: cached posters are only hashed)
+    for i, path in enumerate(paths):
+        try:
+            raw = read_poster_bytes(path)
+        except PosterError as err:
+            keys.append(None)
+            errors[path] = err.reason
+            continue
+        keys.append(content_hash(raw))
+        if keys[-1] not in known:
+            todo.setdefault(keys[-1], []).append(i)
+            data.setdefault(keys[-1], raw)
+    texts: list[str | None] = [known.get(k) if k else None for k in keys]
+    cached = sum(t is not None for t in texts)
+    if todo:
+        reader = reader or ocr_reader(settings)
+        bar = tqdm(total=len(todo), desc="reading poster text", unit="poster", disable=not progress)
+        done_keys, done_texts = [], []
+        for key, rows in todo.items():
+            path = paths[rows[0]]
+            try:
+                text = reader(_pixels(path, data.pop(key), settings.max_side))
+            except Exception as err:  # noqa: BLE001  a bad poster costs itself, never the batch
+                reason = getattr(err, "reason", None) or f"cannot read its text ({type(err).__name__}: {err})"
+                errors.update({paths[r]: reason for r in rows})
+                bar.update()
+                continue
+            for r in rows:
+                texts[r] = text
+            done_keys.append(key)
+            done_texts.append(text)
+            if len(done_keys) >= batch_size and cache:
+                cache.add(done_keys, done_texts)
+                done_keys, done_texts = [], []
+            bar.update()
+        if cache:
+            cache.add(done_keys, done_texts)
+        bar.close()
+    for path, reason in errors.items():
+        log.warning("skipped %s: %s", path, reason)
+    computed = sum(texts[rows[0]] is not None for rows in todo.values())
+    return PosterTexts(paths, texts, keys, errors, computed, cached, time.perf_counter() - start)
+
+
+# --- the text genre model -------------------------------------------------------------------------
+
+def _vectorisers(params: dict, vocabularies: tuple[list[str], list[str]] | None = None):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    word_vocab, char_vocab = vocabularies or (None, None)
+    word = TfidfVectorizer(analyzer="word", ngram_range=(1, params["word_max_n"]), min_df=params["min_df"],
+                           sublinear_tf=True, vocabulary=word_vocab, dtype=np.float32)
+    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(params["char_min_n"], params["char_max_n"]),
+                           min_df=params["min_df"], max_features=params["char_features"], sublinear_tf=True,
+                           vocabulary=char_vocab, dtype=np.float32)
+    return word, char
+
+
+class TextGenreClassifier(ClassifierMixin, BaseEstimator):
+    """Genres from poster text: TF-IDF word (1..``word_max_n``) and character
+    (``char_min_n``..``char_max_n``, within words) n-grams -> a balanced logistic regression a genre.
+
+    ``fit(texts, Y)`` takes strings (an empty string for a poster without text) and a 0/1 matrix.
+    """
+
+    def __init__(self, C: float = 0.3, word_max_n: int = 2, char_min_n: int = 2, char_max_n: int = 5,
+                 min_df: int = 2, char_features: int = 100_000):
+        self.C, self.word_max_n, self.char_min_n, self.char_max_n = C, word_max_n, char_min_n, char_max_n
+        self.min_df, self.char_features = min_df, char_features
+
+    def _matrix(self, texts: Sequence[str]):
+        from scipy.sparse import hstack
+
+        texts = [t or "" for t in texts]
+        return hstack([self.word_.transform(texts), self.char_.transform(texts)]).tocsr()
+
+    def fit(self, texts: Sequence[str], Y: np.ndarray) -> "TextGenreClassifier":
+        from sklearn.linear_model import LogisticRegression
+
+        Y = np.asarray(Y, dtype=np.float32)
+        self.word_, self.char_ = _vectorisers(self.get_params())
+        texts = [t or "" for t in texts]
+        try:
+            self.word_.fit(texts)
+        except ValueError:  # no word occurs min_df times (tiny or textless training sets)
+            self.word_ = _vectorisers(self.get_params(), (["\x00"], ["\x00"]))[0].fit(texts)
+        try:
+            self.char_.fit(texts)
+        except ValueError:
+            self.char_ = _vectorisers(self.get_params(), (["\x00"], ["\x00"]))[1].fit(texts)
+        A = self._matrix(texts)
+        self.coef_ = np.zeros((Y.shape[1], A.shape[1]), dtype=np.float32)
+        self.intercept_ = np.zeros(Y.shape[1], dtype=np.float32)
+        for j in range(Y.shape[1]):
+            if 0 < Y[:, j].sum() < len(Y):
+                lr = LogisticRegression(C=self.C, class_weight="balanced", solver="liblinear", max_iter=2000).fit(A, Y[:, j])
+                self.coef_[j], self.intercept_[j] = lr.coef_[0], lr.intercept_[0]
+            else:
+                self.intercept_[j] = 10.0 if Y[:, j].any() else -10.0
+        self.n_genres_ = Y.shape[1]
+        return self
+
+    def decision_function(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self._matrix(texts) @ self.coef_.T, dtype=np.float32) + self.intercept_
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        return sigmoid(self.decision_function(texts))
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        return (self.predict_proba(texts) >= 0.5).astype(np.float32)
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays for safetensors, vocabularies for JSON)."""
+        arrays = {"word_idf": self.word_.idf_.astype(np.float32), "char_idf": self.char_.idf_.astype(np.float32),
+                  "coef": self.coef_, "intercept": self.intercept_}
+        vocab = {name: sorted(v.vocabulary_, key=v.vocabulary_.get) for name, v in (("word", self.word_), ("char", self.char_))}
+        return arrays, vocab
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], vocab: dict, params: dict) -> "TextGenreClassifier":
+        clf = cls(**params)
+        clf.word_, clf.char_ = _vectorisers(clf.get_params(), (vocab["word"], vocab["char"]))
+        for vec, idf in ((clf.word_, arrays["word_idf"]), (clf.char_, arrays["char_idf"])):
+            vec.idf_ = idf  # checks the length against the vocabulary
+        clf.coef_, clf.intercept_ = arrays["coef"], arrays["intercept"]
+        clf.n_genres_ = len(clf.intercept_)
+        return clf
+
+
+# --- fusion -----------------------------------------------------------------------------------------
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+class TextFusion:
+    """Per genre ``sigmoid(a * logit(p_image) + b * logit(p_text) + c)``, then the label rule.
+
+    Fitted on out-of-fold probabilities of both models, so neither is trusted more than
+    it earned on posters it did not see.
+    """
+
+    def __init__(self, max_labels: int = 4, rank_power: float = 0.5, threshold_scale: float = 1.1):
+        self.rule_ = LabelRule(max_labels, rank_power, threshold_scale)
+
+    def fit(self, P_image: np.ndarray, P_text: np.ndarray, Y: np.ndarray) -> "TextFusion":
+        from sklearn.linear_model import LogisticRegression
+
+        n = Y.shape[1]
+        self.weights_, self.bias_ = np.zeros((n, 2), np.float32), np.zeros(n, np.float32)
+        self.weights_[:, 0] = 1.0  # a genre all or none of the posters have: the image model as it is
+        for j in range(n):
+            if 0 < Y[:, j].sum() < len(Y):
+                lr = LogisticRegression(C=1.0).fit(np.c_[_logit(P_image[:, j]), _logit(P_text[:, j])], Y[:, j])
+                self.weights_[j], self.bias_[j] = lr.coef_[0], lr.intercept_[0]
+        self.rule_.fit(Y, self.predict_proba(P_image, P_text))
+        return self
+
+    def predict_proba(self, P_image: np.ndarray, P_text: np.ndarray) -> np.ndarray:
+        z = _logit(P_image) * self.weights_[:, 0] + _logit(P_text) * self.weights_[:, 1] + self.bias_
+        return sigmoid(z).astype(np.float32)
+
+    def labels(self, P: np.ndarray) -> np.ndarray:
+        return self.rule_.predict(P)
+
+
+# --- what --text adds to a model directory -------------------------------------------------------
+
+TEXT_FORMAT = 1
+
+
+class TextModelError(ValueError):
+    """A text model file is missing, damaged or does not fit the model; the message names it."""
+
+
+@dataclass
+class TextModel:
+    """The text stage of a model trained with ``--text``: how posters are read, the text genre
+    model, and its fusion with the image model's probabilities."""
+
+    settings: OcrSettings
+    genres: list[str]
+    classifier: TextGenreClassifier
+    fusion: TextFusion
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], Y: np.ndarray, image_oof_proba: np.ndarray,
+            folds: Sequence[tuple[np.ndarray, np.ndarray]], genres: list[str],
+            settings: OcrSettings = OcrSettings(), rule: dict | None = None,
+            oof_rows: np.ndarray | None = None, **params) -> "TextModel":
+        """Fit on every poster; ``image_oof_proba`` are the image model's out-of-fold probabilities
+        (``GenreClassifier.oof_proba_``) for the rows ``oof_rows`` (``oof_rows_``; default: every
+        row) and ``folds`` the folds they came from, which give the text model's own out-of-fold
+        probabilities for the fusion, fitted on those rows."""
+        texts = np.array([t or "" for t in texts], dtype=object)
+        Y = np.asarray(Y, dtype=np.float32)
+        rows = np.arange(len(Y)) if oof_rows is None else np.asarray(oof_rows)
+        wanted = np.zeros(len(Y), dtype=bool)
+        wanted[rows] = True
+        oof = np.zeros(Y.shape, dtype=np.float32)
+        for train, valid in folds:
+            if wanted[valid].any():  # the image model stops at calibration_posters: so does the text model
+                oof[valid] = TextGenreClassifier(**params).fit(texts[train], Y[train]).predict_proba(texts[valid])
+        fusion = TextFusion(**(rule or {})).fit(image_oof_proba, oof[rows], Y[rows])
+        return cls(settings, list(genres), TextGenreClassifier(**params).fit(texts, Y), fusion)
+
+    @classmethod
+    def fit_beside(cls, image_model, texts: Sequence[str | None], Y: np.ndarray, genres: list[str],
+                   settings: OcrSettings = OcrSettings(), **params) -> "TextModel":
+        """``fit`` next to a fitted ``GenreClassifier`` on the same rows: its calibration folds,
+        out-of-fold probabilities and label rule settings."""
+        folds = calibration_folds(np.asarray(Y, dtype=np.float32), image_model.calibration_folds, image_model.seed)
+        rule = {k: getattr(image_model, k) for k in ("max_labels", "rank_power", "threshold_scale")}
+        return cls.fit(texts, Y, image_model.oof_proba_, folds, genres, settings, rule, image_model.oof_rows_, **params)
+
+    def predict_proba(self, P_image: np.ndarray, texts: Sequence[str | None]) -> np.ndarray:
+        """Fused genre probabilities; a poster whose text is ``None`` (not read) keeps ``P_image``."""
+        P = self.fusion.predict_proba(P_image, self.classifier.predict_proba([t or "" for t in texts]))
+        missing = np.array([t is None for t in texts], dtype=bool)
+        P[missing] = P_image[missing]
+        return P
+
+    def labels(self, P: np.ndarray) -> np.ndarray:
+        return self.fusion.labels(P)
+
+    def save(self, folder: Path) -> list[Path]:
+        """``text_model.safetensors`` (idf, weights, fusion) and ``text_model.json`` (settings, vocabularies)."""
+        from posterlens.fitted import save_arrays
+        from posterlens.safeio import write_json
+
+        arrays, vocabulary = self.classifier.to_arrays()
+        arrays.update({"fusion.weights": self.fusion.weights_, "fusion.bias": self.fusion.bias_,
+                       "fusion.thresholds": self.fusion.rule_.thresholds_})
+        save_arrays(arrays, Path(folder) / TEXT_MODEL_FILE)
+        rule = {k: getattr(self.fusion.rule_, k) for k in ("max_labels", "rank_power", "threshold_scale")}
+        write_json(Path(folder) / TEXT_MODEL_JSON, {
+            "format": TEXT_FORMAT, "ocr": asdict(self.settings), "ocr_key": self.settings.key, "genres": self.genres,
+            "classifier": {"class": "TextGenreClassifier", "params": self.classifier.get_params()},
+            "rule": rule, "vocabulary": vocabulary})
+        return [Path(folder) / TEXT_MODEL_FILE, Path(folder) / TEXT_MODEL_JSON]
+
+    @classmethod
+    def load(cls, folder: Path, genres: list[str] | None = None) -> "TextModel":
+        """Read what ``save`` wrote, checked: known settings of the right types, shapes that fit."""
+        from safetensors.numpy import load_file
+
+        folder = Path(folder)
+        meta_path, arrays_path = folder / TEXT_MODEL_JSON, folder / TEXT_MODEL_FILE
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            arrays = load_file(str(arrays_path))
+        except Exception as err:  # noqa: BLE001  safetensors raises its own error types for a damaged header
+            raise TextModelError(f"{folder}: cannot read the text model ({err})") from None
+        try:
+            if meta.get("format") != TEXT_FORMAT or meta["classifier"]["class"] != "TextGenreClassifier":
+                raise ValueError(f"unknown format {meta.get('format')!r}")
+            settings = OcrSettings(**_typed(meta["ocr"], asdict(OcrSettings())))
+            params = _typed(meta["classifier"]["params"], TextGenreClassifier().get_params())
+            rule = _typed(meta["rule"], {"max_labels": 4, "rank_power": 0.5, "threshold_scale": 1.1})
+            names = [str(g) for g in meta["genres"]]
+            if genres is not None and names != list(genres):
+                raise ValueError("its genres are not the model's")
+            vocab = {k: [str(t) for t in meta["vocabulary"][k]] for k in ("word", "char")}
+            n, d = len(names), len(vocab["word"]) + len(vocab["char"])
+            expected = {"coef": (n, d), "intercept": (n,), "word_idf": (len(vocab["word"]),),
+                        "char_idf": (len(vocab["char"]),), "fusion.weights": (n, 2), "fusion.bias": (n,),
+                        "fusion.thresholds": (n,)}
+            for key, shape in expected.items():
+                if arrays[key].shape != shape or not np.isfinite(arrays[key]).all():
+                    raise ValueError(f"{key}: shape {arrays[key].shape}, expected {shape} (finite)")
+        except (KeyError, TypeError, ValueError) as err:
+            raise TextModelError(f"{folder}: text model does not fit ({err})") from None
+        fusion = TextFusion(**rule)
+        fusion.weights_, fusion.bias_ = arrays["fusion.weights"], arrays["fusion.bias"]
+        fusion.rule_.thresholds_ = arrays["fusion.thresholds"]
+        return cls(settings, names, TextGenreClassifier.from_arrays(arrays, vocab, params), fusion)
+
+
+def calibration_folds(Y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The folds ``GenreClassifier`` draws its out-of-fold probabilities from (``calibration_folds``,
+    ``seed``), so the text model's out-of-fold probabilities pair with ``oof_proba_`` poster by poster."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(Y)), Y))
+
+
+def _typed(given: dict, defaults: dict) -> dict:
+    """``given`` with only the keys of ``defaults``, each of the default's type (int or float)."""
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}")
+    out = {}
+    for key, value in given.items():
+        kind = type(defaults[key])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+            raise ValueError(f"{key}: {value!r} is not a {kind.__name__}")
+        out[key] = kind(value)
+    return out
