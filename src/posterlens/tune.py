@@ -69,7 +69,7 @@ SPACES: dict[str, dict[str, dict[str, list]]] = {
 QUICK_SPACES = {"features": {"features": {"backbones": [["efficientnet_lite0"], ["efficientnet_lite0", "efficientnet_lite2"]],
                                           "mirror": [False, True]}}}
 # lower bounds of integer settings (the others: 0)
-MINIMUM = {"epochs": 1, "max_steps": 1, "calibration_folds": 2, "max_labels": 1, "batch_size": 1, "components": 1,
+MINIMUM = {"epochs": 1, "max_steps": 0, "calibration_folds": 2, "max_labels": 1, "batch_size": 1, "components": 1,
            "kernel_components": 1, "filters": 1, "width": 32}
 
 
