@@ -93,6 +93,9 @@ def test_custom_space_files(tmp_path):
     ({"score": [1]}, "score: expected an object"),
     ({"backbones": "efficientnet_lite0"}, "backbones: expected a list"),
     ({"genre": {"wd": "strong"}}, "genre.wd: 'strong' is not a number"),
+    ({"text": "yes"}, "text: expected true or false"),
+    ({"folds": 2.5}, "folds: expected a whole number"),
+    ({"holdout": "0.2"}, "holdout: expected a number"),
 ])
 def test_read_config_rejects_bad_files(tmp_path, content, message):
     path = tmp_path / "best.json"

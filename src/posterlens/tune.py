@@ -479,6 +479,19 @@ def best_config(found: list[Finding]) -> dict:
     return config
 
 
+def _field_type_error(default, value) -> str | None:
+    """Why ``value`` cannot stand for a ``TrainConfig`` field whose default is ``default`` (a bool, number or string)."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    if isinstance(default, int):
+        return None if type(value) is int else f"expected a whole number, got {value!r}"
+    if isinstance(default, float):
+        return None if type(value) in (int, float) else f"expected a number, got {value!r}"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else f"expected a string, got {value!r}"
+    return None
+
+
 def read_config(path: Path) -> dict:
     """``best.json`` (or any JSON of ``TrainConfig`` fields) -> ``TrainConfig`` keyword arguments, validated."""
     path = Path(path)
@@ -496,6 +509,9 @@ def read_config(path: Path) -> dict:
             raise SpaceError(f"{path}: {key}: expected an object of estimator settings")
         if key == "backbones" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise SpaceError(f"{path}: backbones: expected a list of backbone names")
+        error = _field_type_error(known[key].default, value)
+        if error:
+            raise SpaceError(f"{path}: {key}: {error}")
         for name, setting in (value.items() if key in ("genre", "score") else ()):
             defaults = SECTIONS[key]().get_params()
             error = _value_error(key, name, setting, defaults[name]) if name in defaults else None
