@@ -35,7 +35,8 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from posterlens import backbones, catalog, features, metrics, safeio, train
-from posterlens.heads import GenreClassifier, save_arrays
+from posterlens.fitted import save_arrays
+from posterlens.heads import GenreClassifier
 from posterlens.pixels import PREDICT_BATCH, VALID_SIZE, FineTunedBackbone, PixelCNN, PixelMLP, decode_posters, \
     validation_split
 

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
-from posterlens.fitted import (  # noqa: F401  (LabelRule and save_arrays: used from here by compare and tune)
-    GenreHead, LabelRule, Network, ScoreClassesHead, ScoreHead, save_arrays, sigmoid, standardised)
+from posterlens.fitted import GenreHead, LabelRule, Network, ScoreClassesHead, ScoreHead, sigmoid, standardised
 
 
 def _standardiser(X: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
@@ -404,7 +403,3 @@ class ScoreClassifier(ClassifierMixin, BaseEstimator):
         clf.head_ = ScoreClassesHead.from_arrays(arrays, clf.get_params())
         clf.classes_, clf.n_features_in_ = clf.head_.classes_, clf.head_.n_features_in_
         return clf
-
-
-ESTIMATORS = {cls.__name__: cls for cls in (GenreClassifier, ScoreRegressor, ScoreClassifier)}
-
