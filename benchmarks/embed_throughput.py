@@ -1,7 +1,7 @@
 """Benchmark: the embedding engines side by side on the same posters, with ratios and peak memory.
 
     .venv/bin/python benchmarks/embed_throughput.py [--catalog CSV] [--images DIR] [--backbone NAME]
-        [--limit N] [--repeats R] [--setups onnx:32,onnx:8,openvino:8]
+        [--limit N] [--repeats R] [--setups onnx:32,onnx:8,openvino:8,openvino-int8:8]
 
 Two measurements, each ``--repeats`` times, setups interleaved (A, B, C, A, B, C, ...) so
 that a noisy machine hurts them alike; min and median are printed with the ratio of each
@@ -9,11 +9,14 @@ median to the first setup's:
 
 - model: the network alone on one decoded batch list (``make_runner``), posters/s;
 - cold embed: ``features.embed_files`` on ``--limit`` posters in a fresh process with an
-  empty feature cache (the ONNX export is made once beforehand and copied in, so it is
-  not timed): read, hash, decode and network, posters/s and the process's peak RSS.
+  empty feature cache (the ONNX export and the int8 model are made once beforehand and
+  copied in, so they are not timed): read, hash, decode and network, posters/s and the
+  process's peak RSS.
 
 The first setup, ``onnx:32``, is the engine and batch size that ``embed`` used before
-OpenVINO (its graph normalised in numpy then; here in the graph for every setup).
+OpenVINO (its graph normalised in numpy then; here in the graph for every setup);
+``openvino-int8`` is what ``auto`` runs for a job of ``features.INT8_AFTER`` posters or more
+on a CPU with int8 dot products (VNNI).
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def _report(title: str, values: dict, unit: str) -> None:
     first = statistics.median(next(iter(values.values())))
     for (engine, batch), runs in values.items():
         median = statistics.median(runs)
-        print(f"  {engine:>9} batch {batch:<3} {unit}: min {min(runs):7.1f}  median {median:7.1f}  "
+        print(f"  {engine:>13} batch {batch:<3} {unit}: min {min(runs):7.1f}  median {median:7.1f}  "
               f"ratio {median / first:4.2f}x")
 
 
@@ -101,7 +104,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--setups", default="onnx:32,onnx:8,openvino:8")
+    parser.add_argument("--setups", default="onnx:32,onnx:8,openvino:8,openvino-int8:8")
     parser.add_argument("--one-pass", nargs=3, metavar=("CACHE", "ENGINE", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     files = _files(args.catalog, args.images, args.limit)
@@ -118,7 +121,9 @@ def main() -> None:
         for r in range(args.repeats):
             for engine, batch in setups:
                 cache = Path(tmp) / f"run-{engine}-{batch}-{r}"
-                shutil.copytree(exports / "onnx", cache / "onnx")
+                for made in ("onnx", "openvino"):  # the exports and int8 models, made by model_only
+                    if (exports / made).is_dir():
+                        shutil.copytree(exports / made, cache / made)
                 out = subprocess.run([sys.executable, __file__, "--catalog", args.catalog, "--images", args.images,
                                       "--backbone", args.backbone, "--limit", str(args.limit),
                                       "--one-pass", str(cache), engine, str(batch)],

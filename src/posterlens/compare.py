@@ -216,9 +216,10 @@ def head_entry(backbone: backbones.Backbone, split: Split, epochs: int, cache: P
                               else "embeddings from cache")
 
     def fresh(paths: list[str]) -> np.ndarray:
-        runners[:] = runners or [features.make_runner(backbone, cache)]
-        return features.embed(paths, spec, cache, batch_size=INFER_BATCH, progress=False, runners=runners,
-                              use_cache=False).features
+        engine = features.resolve_engine("auto", spec.backbones, cache)  # int8 where train made it
+        runners[:] = runners or [features.make_runner(backbone, cache, engine)]
+        return features.embed(paths, spec, cache, engine=engine, batch_size=INFER_BATCH, progress=False,
+                              runners=runners, use_cache=False).features
 
     estimator = train.TrainConfig(genre={"epochs": epochs}, seed=seed).genre_estimator()
     backbone_params = count_parameters(backbones.create_model(backbone))

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from posterlens.backbones import REGISTRY, Backbone
 
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "sample"  # the bundled sample, in a clone
 MAX_PIXELS = 40_000_000  # larger images are refused as decompression bombs
 MAX_FILE_BYTES = 50_000_000  # larger poster files are refused before they are read
 # JPEGs are decoded at a reduced scale that stays at least this size (width, height), the same
@@ -87,7 +88,9 @@ def _decode_drafted(path: str | Path, data: bytes, draft: tuple[int, int], max_p
         if image.width * image.height > max_pixels:
             raise PosterError(path, f"{image.width}x{image.height} pixels: over the {max_pixels:,} limit (decompression bomb?)")
         image.draft("RGB", draft)
-        return to_8bit(ImageOps.exif_transpose(image)).convert("RGB")
+        ImageOps.exif_transpose(image, in_place=True)
+        image = to_8bit(image)
+        return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def to_8bit(image: Image.Image) -> Image.Image:

@@ -18,10 +18,10 @@ import pandas as pd
 from rich.console import Console
 
 from posterlens.backbones import DEFAULT_FEATURES
+from posterlens.images import SAMPLE_DIR
 
 log = logging.getLogger(__name__)
 
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "sample"
 DEMO_MIN_GENRE_COUNT = 10  # the sample has 240 posters: keep genres with 10+ training posters
 
 
@@ -161,11 +161,16 @@ def fetch_shard(config: PipelineConfig, shard: dict) -> dict:
 
 
 def embed_shard(config: PipelineConfig, shard: dict) -> dict:
-    """Embed one shard's posters into the shared feature cache."""
+    """Embed one shard's posters into the shared feature cache, with the engine ``auto`` picks
+    for the whole catalogue (int8 pays for a large one, not for each shard alone), so that every
+    shard's embeddings come from the same engine."""
     from posterlens import features
 
     files = shard_movies(config, shard)["path"].dropna().tolist()
-    result = features.embed(files, config.train_config().feature_spec(), config.cache_dir, progress=False)
+    spec = config.train_config().feature_spec()
+    movies = max(part["stop"] for part in shards(config))
+    engine = features.resolve_engine("auto", spec.backbones, config.cache_dir, posters=movies)
+    result = features.embed(files, spec, config.cache_dir, engine=engine, progress=False)
     return {**shard, "computed": result.computed, "cached": result.cached, "failed": len(result.errors)}
 
 
