@@ -161,6 +161,27 @@ def test_text_model_fuses_saves_and_refuses_damage(tmp_path):
         text.TextModel.load(tmp_path)
 
 
+def test_text_score_stacks_saves_and_refuses_damage(tmp_path):
+    Y = _labels()
+    rng = np.random.default_rng(0)
+    P_image = np.clip(0.5 * Y + 0.25 + rng.normal(0, 0.15, Y.shape), 0.01, 0.99).astype(np.float32)
+    folds = [(np.setdiff1d(np.arange(len(Y)), v), v) for v in np.array_split(np.arange(len(Y)), 4)]
+    y = 6.0 + Y[:, 0] - Y[:, 2] + rng.normal(0, 0.1, len(Y))  # love stories rate high, horror low
+    image_oof = 6.0 + rng.normal(0, 0.5, len(Y))  # an image model that knows nothing
+    model = text.TextModel.fit(TEXTS, Y, P_image, folds, GENRES, min_df=1).fit_score(TEXTS, y, image_oof, folds, alpha=1.0)
+    assert model.score.stack_[1] > 0.5 > abs(model.score.stack_[0])  # the text earned its weight, the noise did not
+    texts, image_score = ["a love story", "blood and terror", None], np.array([6.0, 6.0, 6.5], np.float32)
+    fused = model.predict_score(image_score, texts)
+    assert fused[0] > fused[1] and fused[2] == image_score[2]  # not read: the image model's score
+    model.save(tmp_path)
+    assert_allclose(text.TextModel.load(tmp_path, GENRES).predict_score(image_score, texts), fused, rtol=1e-6)
+    meta = json.loads((tmp_path / text.TEXT_MODEL_JSON).read_text())
+    for bad in ("import os", {"alpha": "1; rm"}, {"alpha": 1.0, "evil": 2}, [1]):
+        (tmp_path / text.TEXT_MODEL_JSON).write_text(json.dumps({**meta, "score": bad}))
+        with pytest.raises(text.TextModelError, match="text model does not fit"):
+            text.TextModel.load(tmp_path, GENRES)
+
+
 # --- train --text, the model directory, predict ------------------------------------------------------
 
 class FakeOcrSettings(text.OcrSettings):
@@ -217,6 +238,13 @@ def test_text_model_round_trips_and_fuses(text_trained, sample_X):
     assert np.array_equal(loaded.thresholds, loaded.text.fusion.rule_.thresholds_)
     with pytest.raises(ValueError, match="--text"):
         loaded.genre_proba(sample_X)
+    assert loaded.text.score is not None  # the sample has scores: the text score model was stacked in
+    scores = loaded.score(sample_X, texts)
+    assert_allclose(scores, fitted.score(sample_X, texts), rtol=1e-5, atol=1e-5)
+    image_only = np.clip(loaded.score_model.predict(sample_X), 0, 10)
+    assert not np.allclose(scores, image_only) and np.allclose(scores[2::4], image_only[2::4])
+    with pytest.raises(ValueError, match="--text"):
+        loaded.score(sample_X)
 
 
 def test_predict_reads_the_text_and_fuses_it(text_trained, shared_cache, sample_dir, tmp_path):
@@ -233,6 +261,7 @@ def test_predict_reads_the_text_and_fuses_it(text_trained, shared_cache, sample_
     real = text.read_texts([poster], shared_cache, progress=False)  # what predict read, from the cache now
     assert real.cached == 1 and real.texts[0]
     assert_allclose(table[genres].to_numpy(np.float32), predictor.model.fuse(P_image, real.texts), rtol=1e-5)
+    assert_allclose(table["score"], predictor.model.score(predictor.embed([poster]).features, real.texts), rtol=1e-5)
     in_memory = predictor.predict(poster.read_bytes(), tta=True)  # OCR without the cache, after the mirror average
     assert in_memory["genres"].iloc[0] is not None and len(in_memory) == 1
     result = CliRunner().invoke(app, ["predict", str(poster), "-m", str(text_trained.model_dir),

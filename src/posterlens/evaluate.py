@@ -51,7 +51,7 @@ def compute(model: PosterModel, data: Dataset) -> tuple[dict, dict]:
     genre["baselines"] = metrics.genre_baselines(training_priors(model), Y[labelled])
     result = {"n_posters": int(len(Y)), "n_genres": len(model.genres), "genre": genre, "score": None}
     scores = data.table["score"].to_numpy(dtype=float)
-    predicted = model.score(data.X)
+    predicted = model.score(data.X, data.texts)
     has = ~np.isnan(scores)
     if model.score_model is not None and has.sum() > 1:
         result["score"] = {"mode": model.score_mode,

@@ -84,10 +84,16 @@ class PosterModel:
     def thresholds(self) -> np.ndarray:
         return self.genre_model.thresholds_ if self.text is None else self.text.fusion.rule_.thresholds_
 
-    def score(self, X: np.ndarray) -> np.ndarray:
+    def score(self, X: np.ndarray, texts: list[str | None] | None = None) -> np.ndarray:
+        """The score, 0-10; a model whose text part has a score model needs each poster's text, as ``fuse``."""
         if self.score_model is None:
             return np.full(len(X), np.nan, dtype=np.float32)
-        return np.clip(self.score_model.predict(X), 0.0, 10.0)
+        predicted = self.score_model.predict(X)
+        if self.text is not None and self.text.score is not None:
+            if texts is None or len(texts) != len(X):
+                raise ValueError("this model was trained with --text: pass each poster's text (text.read_texts)")
+            predicted = self.text.predict_score(predicted, texts)
+        return np.clip(predicted, 0.0, 10.0)
 
 
 def sha256(path: Path) -> str:

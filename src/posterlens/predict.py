@@ -130,8 +130,9 @@ class Predictor:
         self.model = model_files.load(self.model_dir)
         self.index = SimilarIndex.load(self.model_dir, len(self.model.genres))
         self.cache = Path(cache)
-        engine = features.resolve_engine(engine)
-        self.runners = [_lazy_runner(b, self.cache, engine) for b in self.model.features.backbones]
+        features.resolve_engine(engine)  # an unknown name fails here, not at the first poster
+        self.engine = engine  # resolved for each job: int8 pays for large ones (features.resolve_engine)
+        self._runners: dict[str, list[features.Runner]] = {}  # by resolved engine
         self._threads = ThreadpoolController()
         self._memo: dict[tuple, tuple[np.ndarray, str | None]] = {}  # _file_id -> (features, cache key)
         self._reader = None  # rapidocr, built on the first poster to read (models trained with --text)
@@ -144,8 +145,11 @@ class Predictor:
     def embed(self, files: Sequence[str | Path], mirror: bool = False, progress: bool = False,
               use_cache: bool = True) -> features.Embeddings:
         """Features of poster files, from and into the cache unless ``use_cache`` is off."""
-        return features.embed(files, self.model.features, self.cache, use_cache=use_cache, runners=self.runners,
-                              mirror=mirror, progress=progress)
+        backbones = self.model.features.backbones
+        engine = features.resolve_engine(self.engine, backbones, self.cache, len(files))
+        runners = self._runners.setdefault(engine, [_lazy_runner(b, self.cache, engine) for b in backbones])
+        return features.embed(files, self.model.features, self.cache, engine=engine, use_cache=use_cache,
+                              runners=runners, mirror=mirror, progress=progress)
 
     def _embed_mixed(self, paths: list[str], cached: np.ndarray, mirror: bool, progress: bool) -> features.Embeddings:
         """``embed`` of user files (``cached``) and of temporary copies of in-memory images (not cached).
@@ -176,20 +180,23 @@ class Predictor:
             del self._memo[next(iter(self._memo))]
         self._memo[file_id] = (vector.copy(), key)
 
-    def _proba(self, paths: list[str], cached: np.ndarray, tta: bool, progress: bool) -> tuple[features.Embeddings, np.ndarray]:
+    def _proba(self, paths: list[str], cached: np.ndarray, tta: bool,
+               progress: bool) -> tuple[features.Embeddings, np.ndarray, list[str | None] | None]:
+        """Embeddings, genre probabilities and (models trained with --text) texts of the readable posters."""
         emb = self._embed_mixed(paths, cached, False, progress)
         P = np.full((len(paths), len(self.model.genres)), np.nan, dtype=np.float32)
-        ok = emb.ok
+        ok, texts = emb.ok, None
         if not ok.any():
-            return emb, P
+            return emb, P, texts
         P[ok] = self._heads(self.model.image_proba, emb.features[ok])
         if tta:
             mirrored = self._embed_mixed([p for p, good in zip(paths, ok) if good], cached[ok], True, progress)
             P[ok] = (P[ok] + self._heads(self.model.image_proba, mirrored.features)) / 2
             emb.features[ok] = (emb.features[ok] + mirrored.features) / 2
         if self.model.text is not None:  # the text is fused after mirror averaging: a mirror has none
-            P[ok] = self.model.fuse(P[ok], self._texts([p for p, good in zip(paths, ok) if good], cached[ok], progress))
-        return emb, P
+            texts = self._texts([p for p, good in zip(paths, ok) if good], cached[ok], progress)
+            P[ok] = self.model.fuse(P[ok], texts)
+        return emb, P, texts
 
     def _texts(self, paths: list[str], cached: np.ndarray, progress: bool) -> list[str | None]:
         """The posters' text (models trained with --text): user files through the text cache,
@@ -234,8 +241,8 @@ class Predictor:
             names, paths, failed = self._materialise(items, Path(tmp or "."))
             keep = [i for i in _first_of_each(names) if names[i] not in failed]
             cached = np.array([isinstance(items[i], (str, Path)) for i in keep], dtype=bool)
-            emb, P = self._proba([paths[i] for i in keep], cached, tta, progress)
-        table = self._table([names[i] for i in keep], emb, P, similar)
+            emb, P, texts = self._proba([paths[i] for i in keep], cached, tta, progress)
+        table = self._table([names[i] for i in keep], emb, P, texts, similar)
         unread = {**failed, **{names[keep[j]]: r for j, r in enumerate(map(emb.errors.get, emb.paths)) if r}}
         reasons = {name: unread[name] for name in dict.fromkeys(names) if name in unread}  # in input order
         table.attrs["errors"] = pd.DataFrame(list(reasons.items()), columns=ERROR_COLUMNS)
@@ -262,11 +269,13 @@ class Predictor:
             paths.append(str(path))
         return names, paths, failed
 
-    def _table(self, names: list[str], emb: features.Embeddings, P: np.ndarray, similar: int) -> pd.DataFrame:
+    def _table(self, names: list[str], emb: features.Embeddings, P: np.ndarray, texts: list[str | None] | None,
+               similar: int) -> pd.DataFrame:
         """One row a readable image: file, genres, score, one probability column a genre, [similar]."""
         ok, genres = emb.ok, self.model.genres
         if ok.any():
-            labels, scores = self.model.genre_labels(P[ok]), self._heads(self.model.score, emb.features[ok])
+            scores = self._heads(lambda X: self.model.score(X, texts), emb.features[ok])
+            labels = self.model.genre_labels(P[ok])
         else:  # the estimators refuse empty input
             labels, scores = np.zeros((0, len(genres)), dtype=bool), np.zeros(0)
         table = pd.DataFrame({
@@ -297,7 +306,7 @@ class Predictor:
             if failed:
                 raise PosterError(names[0], failed[names[0]])
             cached = np.array([isinstance(image, (str, Path))])
-            emb, P = self._proba(paths, cached, tta=False, progress=False)
+            emb, P, _ = self._proba(paths, cached, tta=False, progress=False)
         if not emb.ok[0]:
             raise PosterError(names[0], emb.errors.get(paths[0], "cannot be read"))
         found = self._neighbours(P[emb.ok], emb, emb.ok, k)[0]

@@ -30,6 +30,7 @@ SCORE_MODES = ("regression", "classes")
 CURVES_FILE = "training_curves.csv"
 TRAINING_SET_FILE = "training_set.csv"
 MIN_SCORES = 10  # the score model needs at least this many posters with a score
+TEXT_SCORE_FOLDS = 3  # --text: out-of-fold score predictions for stacking the text score model
 
 
 class TrainError(ValueError):
@@ -205,6 +206,8 @@ def fit_models(data: Dataset, idx: np.ndarray, genres: list[str], spec: features
     score_model = None
     if has_score.sum() >= MIN_SCORES:
         score_model = config.score_estimator().fit(data.X[idx][has_score], scores[has_score])
+        if text_model is not None:
+            fit_text_score(text_model, config, data.X[idx][has_score], scores[has_score], data.texts_of(idx[has_score]))
     info = {
         "training": asdict(config),
         "n_train": int(len(idx)),
@@ -217,6 +220,16 @@ def fit_models(data: Dataset, idx: np.ndarray, genres: list[str], spec: features
     mode = config.score_mode if score_model is not None else "none"
     return PosterModel(spec, genres, genre_model.head_, None if score_model is None else score_model.head_, mode, info,
                        curves_table(genre_model, score_model), text_model)
+
+
+def fit_text_score(text_model, config: TrainConfig, X: np.ndarray, y: np.ndarray, texts: list[str | None]) -> None:
+    """Stack a text score model with the image one (``TextModel.fit_score``), on out-of-fold
+    predictions of the score estimator over ``TEXT_SCORE_FOLDS`` folds of the scored posters."""
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    folds = list(KFold(TEXT_SCORE_FOLDS, shuffle=True, random_state=config.seed).split(X))
+    image_oof = cross_val_predict(config.score_estimator(), X, y, cv=folds)
+    text_model.fit_score(texts, y, image_oof, folds)
 
 
 def fingerprint(keys: list[str], Y: np.ndarray) -> str:
@@ -244,7 +257,8 @@ def evaluate_split(model: PosterModel, data: Dataset, idx: np.ndarray) -> dict:
     scores = table["score"].to_numpy(dtype=float)
     ok = ~np.isnan(scores)
     if model.score_model is not None and ok.sum() > 1:
-        result["score"] = metrics.score_metrics(scores[ok], model.score(X[ok]), model.info["train_score_mean"])
+        texts = data.texts_of(idx[ok])
+        result["score"] = metrics.score_metrics(scores[ok], model.score(X[ok], texts), model.info["train_score_mean"])
     return result
 
 
