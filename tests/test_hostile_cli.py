@@ -56,3 +56,14 @@ def test_predict_into_a_full_disk_is_one_line_and_leaves_no_temporary_file(train
     result = CliRunner().invoke(app, ["predict", "-m", str(trained_model), str(poster), "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "No space left on device" in result.output and "Traceback" not in result.output
     assert not [p for p in (tmp_path / "o").rglob("*") if p.name.startswith(".")]
+
+
+def test_int8_engine_without_nncf_is_one_line(small_catalog, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nncf", None)  # as if not installed
+    result = CliRunner().invoke(app, ["embed", "-c", str(small_catalog), "--engine", "openvino-int8",
+                                      "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 2, result.output
+    assert "nncf, which is not installed" in result.output and "Traceback" not in result.output
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing embedded, nothing half-made
