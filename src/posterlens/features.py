@@ -168,7 +168,7 @@ INT8 = "openvino-int8"
 ENGINES = ("auto", INT8, "openvino", "onnx", "torch")
 EXPORT_VERSION = "u8v1"  # the exported graph takes uint8 NHWC pixels and normalises inside
 BATCH_SIZES = {INT8: 32}  # posters a forward pass, by engine; others: 8 (ONNX Runtime's memory grows with it)
-INT8_AFTER = 1000  # auto makes the int8 models (~20 s, once per cache) only for a job of this many posters
+INT8_AFTER = 1000  # auto makes the int8 models (~25 s for lite0 + lite2, once per cache) only for jobs this large
 INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: where int8 pays
 CALIBRATION_DIR = SAMPLE_DIR / "images"  # NNCF calibrates the int8 models on these posters' activations
 CALIBRATION_POSTERS = 64  # the first ones by name: as faithful as all 240 here, 2x faster to quantize
@@ -431,7 +431,7 @@ def resolve_engine(engine: str, backbones: Sequence[Backbone] = (), cache_dir: P
 
     - ``openvino-int8`` where ``int8_available()`` and either the int8 models of ``backbones``
       are in ``cache_dir`` already or the job has ``INT8_AFTER`` posters or more (making them
-      costs ~20 s once);
+      costs ~25 s once for lite0 + lite2);
     - else ``openvino`` where installed (2x ONNX Runtime on this CPU in f32);
     - else ``onnx``.
     """
