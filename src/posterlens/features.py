@@ -18,6 +18,7 @@ is read, hashed and decoded once for all of them, then resized to each one's inp
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -400,29 +401,35 @@ def torch_runner(backbone: Backbone) -> Runner:
     return run
 
 
-def openvino_available() -> bool:
-    """Whether the ``openvino`` package can be imported here."""
+@functools.cache
+def _installed(package: str) -> bool:
+    """Whether ``package`` can be imported here (looked up once a process: ``resolve_engine`` runs
+    on every prediction)."""
     import importlib.util
 
-    return importlib.util.find_spec("openvino") is not None
+    return importlib.util.find_spec(package) is not None
 
 
-def _cpu_flags() -> set[str]:
+def openvino_available() -> bool:
+    """Whether the ``openvino`` package can be imported here."""
+    return _installed("openvino")
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: no flags, no int8 by default
-        return set()
+        return frozenset()
     line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
+    return frozenset(line.partition(":")[2].split())
 
 
 def int8_available() -> bool:
     """Whether ``auto`` may choose int8: openvino and nncf installed, a CPU with int8 dot products
     (``INT8_CPU_FLAGS``; elsewhere int8 is no faster than f32) and the calibration posters present."""
-    import importlib.util
-
-    return (openvino_available() and importlib.util.find_spec("nncf") is not None
-            and bool(_cpu_flags() & set(INT8_CPU_FLAGS)) and CALIBRATION_DIR.is_dir())
+    return (openvino_available() and _installed("nncf") and bool(_cpu_flags() & set(INT8_CPU_FLAGS))
+            and CALIBRATION_DIR.is_dir())
 
 
 def resolve_engine(engine: str, backbones: Sequence[Backbone] = (), cache_dir: Path | None = None,

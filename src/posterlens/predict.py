@@ -147,9 +147,10 @@ class Predictor:
         """Features of poster files, from and into the cache unless ``use_cache`` is off."""
         backbones = self.model.features.backbones
         engine = features.resolve_engine(self.engine, backbones, self.cache, len(files))
-        runners = self._runners.setdefault(engine, [_lazy_runner(b, self.cache, engine) for b in backbones])
+        if engine not in self._runners:
+            self._runners[engine] = [_lazy_runner(b, self.cache, engine) for b in backbones]
         return features.embed(files, self.model.features, self.cache, engine=engine, use_cache=use_cache,
-                              runners=runners, mirror=mirror, progress=progress)
+                              runners=self._runners[engine], mirror=mirror, progress=progress)
 
     def _embed_mixed(self, paths: list[str], cached: np.ndarray, mirror: bool, progress: bool) -> features.Embeddings:
         """``embed`` of user files (``cached``) and of temporary copies of in-memory images (not cached).
