@@ -40,14 +40,15 @@ def _setups(text: str) -> list[tuple[str, int]]:
 
 
 def _files(catalog: str, images: str, limit: int) -> list[str]:
-    from posterlens import catalog as catalogs
+    from posterlens.data import catalog as catalogs
 
     return catalogs.read_catalog(catalog, images)["path"].tolist()[:limit]
 
 
 def one_pass(files: list[str], backbone: str, cache: str, engine: str, batch: int) -> dict:
     """A cold ``embed_files`` in this process (called in a fresh one)."""
-    from posterlens import backbones, features
+    from posterlens.features import backbones
+    from posterlens.features import embed as features
 
     start = time.perf_counter()
     result = features.embed_files(files, backbones.resolve(backbone), Path(cache), engine=engine,
@@ -70,13 +71,13 @@ def model_only(files: list[str], backbone_name: str, cache: Path, setups, repeat
     """posters/s of each runner on the same decoded posters."""
     import numpy as np
 
-    from posterlens import backbones, features
-    from posterlens.images import decode, read_poster_bytes
+    from posterlens.data.images import decode, read_poster_bytes
+    from posterlens.features import backbones, engines
 
     backbone = backbones.resolve(backbone_name)
     pixels = np.stack([np.asarray(decode(f, read_poster_bytes(f), (backbone.width, backbone.height)))
                        for f in files[:128]])
-    runners = {setup: features.make_runner(backbone, cache, setup[0]) for setup in setups}
+    runners = {setup: engines.make_runner(backbone, cache, setup[0]) for setup in setups}
     times: dict = {setup: [] for setup in setups}
     for _ in range(repeats):
         for (engine, batch), run in runners.items():

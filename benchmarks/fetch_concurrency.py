@@ -1,4 +1,4 @@
-"""Time poster downloads: a sequential ``requests`` loop against ``posterlens.fetch``.
+"""Time poster downloads: a sequential ``requests`` loop against ``posterlens.data.fetch``.
 
 A local server on 127.0.0.1 answers every request after 50 ms (a stand-in for a remote
 image host), serving the bundled sample posters in a cycle under 500 URLs. Run:
@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import requests
 
-from posterlens.fetch import FetchConfig, fetch_posters
+from posterlens.data.fetch import FetchConfig, fetch_posters
 
 SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "examples" / "sample" / "images"
 

@@ -53,8 +53,8 @@ def one_size(n: int, dim: int, genres: int) -> dict:
     """Time each model on ``n`` synthetic posters, in this process."""
     import pandas as pd
 
-    from posterlens.heads import GenreClassifier, ScoreRegressor
-    from posterlens.similar import SimilarIndex
+    from posterlens.models.estimators import GenreClassifier, ScoreRegressor
+    from posterlens.models.similar import SimilarIndex
 
     X, Y, y = synthetic(n, dim, genres)
     data_mb = _peak_mb()

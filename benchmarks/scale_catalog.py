@@ -43,8 +43,8 @@ def _rss_mib() -> float:
 
 def measure(catalog: Path, shard_size: int) -> dict:
     """One size, in this process: parse, then cut into shard files."""
-    from posterlens import catalog as catalogs
-    from posterlens.pipeline import PipelineConfig, write_shards
+    from posterlens.app.pipeline import PipelineConfig, write_shards
+    from posterlens.data import catalog as catalogs
 
     baseline = _rss_mib()
     with tempfile.TemporaryDirectory() as out:

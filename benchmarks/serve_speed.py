@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import posterlens
-    from posterlens import serve
+    from posterlens.app import serve
 
     posters = [p.read_bytes() for p in sorted(Path(args.images).glob("*.jpg"))]
     predictor = posterlens.load(args.model)

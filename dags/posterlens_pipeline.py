@@ -1,4 +1,4 @@
-"""posterlens as an Airflow DAG: a thin shell over ``posterlens.pipeline``.
+"""posterlens as an Airflow DAG: a thin shell over ``posterlens.app.pipeline``.
 
 check_inputs -> fetch_posters (mapped over shards) -> embed (mapped over the same shards)
 -> train -> evaluate -> predict -> merge_predictions -> report
@@ -15,7 +15,7 @@ import dataclasses
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from posterlens import pipeline
+from posterlens.app import pipeline
 
 # The fields without a default in PipelineConfig get these; every other default comes from it.
 RUN_DEFAULTS = {"catalog": "examples/sample/MovieGenre.csv", "images": "runs/airflow/images", "out": "runs/airflow"}

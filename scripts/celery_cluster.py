@@ -479,8 +479,8 @@ def cached_keys(cache: Path) -> list[str]:
 
 def shard_keys(conf: dict) -> dict[int, set[str]]:
     """The feature-cache keys of each shard's posters, by shard (= map index of its task)."""
-    from posterlens.images import content_hash
-    from posterlens.pipeline import PipelineConfig, shard_movies, shards
+    from posterlens.app.pipeline import PipelineConfig, shard_movies, shards
+    from posterlens.data.images import content_hash
 
     config = PipelineConfig(**conf)
     return {shard["shard"]: {content_hash(Path(p).read_bytes()) for p in shard_movies(config, shard)["path"].dropna()}

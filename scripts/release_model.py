@@ -22,8 +22,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from posterlens import __version__, evaluate, features, model as model_files, pipeline, safeio
-from posterlens.train import TrainConfig, train
+from posterlens import __version__, safeio
+from posterlens.app.demo import sample_catalog
+from posterlens.features import store
+from posterlens.models import directory as model_files
+from posterlens.paths import SAMPLE_DIR
+from posterlens.workflows import evaluate
+from posterlens.workflows.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASED = ROOT / "src" / "posterlens" / "released"
@@ -36,7 +41,7 @@ HEADLINE = {"macro_map": "macro-mAP", "macro_f1": "macro-F1", "micro_f1": "micro
 def development_catalog(data: Path, work: Path) -> Path:
     """The development ``MovieGenre.csv`` without the bundled sample's movies, written to ``work``."""
     rows = pd.read_csv(data / "MovieGenre.csv", dtype=str, keep_default_na=False, encoding="latin-1")
-    sample = set(pd.read_csv(pipeline.SAMPLE_DIR / "MovieGenre.csv", dtype=str)["imdbId"])
+    sample = set(pd.read_csv(SAMPLE_DIR / "MovieGenre.csv", dtype=str)["imdbId"])
     path = work / "MovieGenre.csv"
     rows[~rows["imdbId"].isin(sample)].to_csv(path, index=False)
     return path
@@ -47,7 +52,7 @@ def build(data: Path, out: Path, cache: Path, work: Path) -> dict:
     catalog_dir = ROOT / "runs" / "release"  # kept (git ignores runs/): similar movies show their posters here
     catalog_dir.mkdir(parents=True, exist_ok=True)
     result = train(development_catalog(data, catalog_dir), data / "images", out, TrainConfig(), cache)
-    evaluation = evaluate.evaluate(out, pipeline.sample_catalog(), None, work / "sample-report", cache, progress=False)
+    evaluation = evaluate.evaluate(out, sample_catalog(), None, work / "sample-report", cache, progress=False)
     return {"validation": result.validation, "sample": evaluation.metrics, "n_train": result.model.info["n_train"],
             "fingerprint": result.model.info["data_fingerprint"], "seconds": result.seconds}
 
@@ -157,7 +162,7 @@ def main() -> int:
     if not (args.data / "MovieGenre.csv").is_file():
         print(f"error: {args.data}/MovieGenre.csv not found: pass --data DIR", file=sys.stderr)
         return 2
-    cache = args.cache or features.default_cache_dir()
+    cache = args.cache or store.default_cache_dir()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         out = work / "model" if args.check else RELEASED

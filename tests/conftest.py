@@ -50,7 +50,7 @@ def shared_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, shared_cache):
     """A model trained once on the bundled sample, its 20% holdout kept out (``TrainResult``)."""
-    from posterlens.train import TrainConfig, train
+    from posterlens.workflows.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("model") / "model"
     config = TrainConfig(min_genre_count=10, refit=False, genre={"epochs": 10})
@@ -65,7 +65,7 @@ def trained_model(trained) -> Path:
 
 def _rewrite_config(model_dir: Path, change) -> None:
     """Edit config.json as an attacker would, digest recomputed so that only the schema can catch it."""
-    from posterlens import model as model_files
+    from posterlens.models import directory as model_files
 
     path = model_dir / "config.json"
     config = json.loads(path.read_text())

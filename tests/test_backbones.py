@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from posterlens import backbones
-from posterlens.images import to_array
+from posterlens.features import backbones
+from posterlens.features.backbones import to_array
 
 ESPRESSO = 967  # ImageNet class index
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 import posterlens
-from posterlens import serve
+from posterlens.app import serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

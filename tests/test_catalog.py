@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from posterlens import catalog
-from posterlens.catalog import COLUMNS, CatalogError, genre_matrix, genre_vocabulary, read_catalog
+from posterlens.data import catalog
+from posterlens.data.catalog import COLUMNS, CatalogError, genre_matrix, genre_vocabulary, read_catalog
 
 
 def test_moviegenre_layout(small_catalog):

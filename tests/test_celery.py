@@ -78,7 +78,7 @@ def worker_killed(cluster, sample_served, distributed) -> celery_cluster.Run:
 
 
 def _distinct_posters(run: celery_cluster.Run) -> int:
-    from posterlens.images import content_hash
+    from posterlens.data.images import content_hash
 
     return len({content_hash(p.read_bytes()) for p in Path(run.conf["images"]).glob("*.jpg")})
 
@@ -104,7 +104,8 @@ def _check_embedded_once(run: celery_cluster.Run) -> list[str]:
 
 
 def test_shard_files_hold_the_catalogue(tmp_path, sample_dir):
-    from posterlens import catalog, pipeline
+    from posterlens.app import pipeline
+    from posterlens.data import catalog
 
     config = pipeline.PipelineConfig(catalog=str(sample_dir / "MovieGenre.csv"), images=str(sample_dir / "images"),
                                      out=str(tmp_path), shard_size=SHARD_SIZE)

@@ -11,7 +11,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from posterlens import __version__
-from posterlens.cli import Engine, app, validation_table
+from posterlens.app.cli import app, validation_table
 
 runner = CliRunner()
 HEAVY = ("torch", "timm", "fastai", "sklearn", "onnxruntime", "openvino", "pandas", "matplotlib", "numpy", "PIL")
@@ -31,7 +31,7 @@ def test_every_command_has_help(command):
 
 
 def test_importing_the_cli_imports_no_heavy_library():
-    code = f"import posterlens.cli, sys; print([m for m in {HEAVY!r} if m in sys.modules])"
+    code = f"import posterlens.app.cli, sys; print([m for m in {HEAVY!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -40,12 +40,6 @@ def test_python_m_posterlens_and_version():
     done = subprocess.run([sys.executable, "-m", "posterlens", "--version"], capture_output=True, text=True)
     assert (done.returncode, done.stdout.strip()) == (0, f"posterlens {__version__}")
     assert runner.invoke(app, ["--version"]).output.strip() == f"posterlens {__version__}"
-
-
-def test_engine_choices_are_the_feature_engines():
-    from posterlens import features
-
-    assert tuple(e.value for e in Engine) == features.ENGINES
 
 
 def test_common_options_have_short_flags():
@@ -88,7 +82,7 @@ def test_bad_catalog_is_one_line_naming_the_file(tmp_path):
 
 
 def test_missing_model_is_one_line_naming_the_option(tmp_path, monkeypatch, sample_dir):
-    from posterlens import predict
+    from posterlens.workflows import predict
 
     monkeypatch.setattr(predict, "released_model_dir", lambda: tmp_path / "released")
     poster = sorted((sample_dir / "images").iterdir())[0]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from posterlens.compare import METRICS, CompareError, compare
+from posterlens.workflows.compare import METRICS, CompareError, compare
 
 KINDS = ("head", "finetune", "cnn", "mlp")
 BASELINES = {"baseline: top-2 constant", "baseline: priors"}
@@ -17,7 +17,7 @@ def quick_run(tmp_path_factory, sample_dir):
     """`posterlens compare --quick` (default quick models), run from an empty working directory."""
     from typer.testing import CliRunner
 
-    from posterlens.cli import app
+    from posterlens.app.cli import app
 
     work = tmp_path_factory.mktemp("compare")
     cwd = work / "cwd"

@@ -110,8 +110,8 @@ def test_second_run_reuses_posters_and_embeddings(dag_runs, sample_rows):
 def test_cli_and_dag_predict_the_same(dag_runs, tmp_path):
     from typer.testing import CliRunner
 
-    from posterlens.cli import app
-    from posterlens.pipeline import PipelineConfig, holdout_posters
+    from posterlens.app.cli import app
+    from posterlens.app.pipeline import PipelineConfig, holdout_posters
 
     config = PipelineConfig(**dag_runs["conf"])
     files = holdout_posters(config)

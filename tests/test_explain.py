@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import posterlens
-from posterlens.explain import Explainer, explain, explain_poster, explainer_for
+from posterlens.workflows.explain import Explainer, explain, explain_poster, explainer_for
 
 POSTER = "tt0085154.jpg"
 
@@ -77,7 +77,7 @@ def test_randomised_head_destroys_the_map(predictor, poster, explained):
 
 
 def test_save_writes_overlays_and_maps(explained, tmp_path):
-    from posterlens.explain import save
+    from posterlens.workflows.explain import save
 
     written = save(explained, tmp_path, "poster")
     assert [p.name for p in written] == [f"poster.{g}.png" for g in explained["genres"]] + ["poster.maps.npz"]

@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from posterlens import features
-from posterlens.backbones import resolve
+from posterlens.features import embed as features
+from posterlens.features import engines, int8, store
+from posterlens.features.backbones import resolve
 
 SPEC = resolve()
 
@@ -38,7 +39,7 @@ class Counting:
 
 @pytest.fixture(scope="module")
 def onnx(tmp_path_factory):
-    return features.make_runner(SPEC, tmp_path_factory.mktemp("onnx"), "onnx")
+    return engines.make_runner(SPEC, tmp_path_factory.mktemp("onnx"), "onnx")
 
 
 ENGINE_COSINE = 0.999  # the engines' embeddings of a poster agree to this cosine (bf16 OpenVINO included)
@@ -58,7 +59,7 @@ def test_engines_give_the_same_features(posters, tmp_path, onnx, engine):
 def int8_cache(tmp_path_factory):
     """A cache holding lite0's int8 model, quantized once for these tests."""
     cache = tmp_path_factory.mktemp("int8")
-    features.int8_file(SPEC, cache)
+    int8.int8_file(SPEC, cache)
     return cache
 
 
@@ -69,45 +70,45 @@ INT8_COSINE, INT8_MEDIAN_COSINE = 0.95, 0.99
 
 def test_int8_engine_is_faithful_and_cached_apart(posters, int8_cache, onnx):
     f32 = features.embed_files(posters[:6], SPEC, int8_cache, runner=onnx, engine="onnx", progress=False)
-    int8 = features.embed_files(posters[:6], SPEC, int8_cache, engine=features.INT8, progress=False)
+    int8 = features.embed_files(posters[:6], SPEC, int8_cache, engine=engines.INT8, progress=False)
     cosine = (f32.features * int8.features).sum(1) / np.linalg.norm(f32.features, axis=1) / np.linalg.norm(int8.features, axis=1)
     assert (cosine > INT8_COSINE).all() and np.median(cosine) > INT8_MEDIAN_COSINE and (cosine < 1 - 1e-6).any()
     assert int8.computed == 6  # the f32 embeddings in the same cache were not taken for int8 ones
     for folder in (SPEC.key, SPEC.key + "-int8"):
         assert len(list((int8_cache / "features" / folder).glob("*.safetensors"))) == 1
-    again = features.embed_files(posters[:6], SPEC, int8_cache, engine=features.INT8, progress=False)
+    again = features.embed_files(posters[:6], SPEC, int8_cache, engine=engines.INT8, progress=False)
     assert again.cached == 6 and np.array_equal(again.features, int8.features)
 
 
 def test_auto_engine_picks_int8_only_where_it_pays(monkeypatch, tmp_path, int8_cache):
-    monkeypatch.setattr(features, "int8_available", lambda: True)
-    assert features.resolve_engine("auto", (SPEC,), tmp_path, posters=10) == "openvino"  # quantizing costs more
-    assert features.resolve_engine("auto", (SPEC,), tmp_path, posters=features.INT8_AFTER) == features.INT8
-    assert features.resolve_engine("auto", (SPEC,), int8_cache, posters=1) == features.INT8  # made already
-    assert features.resolve_engine("auto", (SPEC, LITE2), int8_cache, posters=1) == "openvino"  # lite2's is not
-    monkeypatch.setattr(features, "int8_available", lambda: False)
-    assert features.resolve_engine("auto", (SPEC,), int8_cache, posters=10**6) == "openvino"
-    monkeypatch.setattr(features, "openvino_available", lambda: False)
-    assert features.resolve_engine("auto") == "onnx"
-    assert features.resolve_engine("torch", (SPEC,), int8_cache) == "torch"  # named engines are kept
+    monkeypatch.setattr(engines, "int8_available", lambda: True)
+    assert engines.resolve_engine("auto", (SPEC,), tmp_path, posters=10) == "openvino"  # quantizing costs more
+    assert engines.resolve_engine("auto", (SPEC,), tmp_path, posters=engines.INT8_AFTER) == engines.INT8
+    assert engines.resolve_engine("auto", (SPEC,), int8_cache, posters=1) == engines.INT8  # made already
+    assert engines.resolve_engine("auto", (SPEC, LITE2), int8_cache, posters=1) == "openvino"  # lite2's is not
+    monkeypatch.setattr(engines, "int8_available", lambda: False)
+    assert engines.resolve_engine("auto", (SPEC,), int8_cache, posters=10**6) == "openvino"
+    monkeypatch.setattr(engines, "openvino_available", lambda: False)
+    assert engines.resolve_engine("auto") == "onnx"
+    assert engines.resolve_engine("torch", (SPEC,), int8_cache) == "torch"  # named engines are kept
     with pytest.raises(ValueError, match="unknown engine 'bogus'"):
-        features.resolve_engine("bogus")
+        engines.resolve_engine("bogus")
 
 
 def test_int8_needs_a_cpu_with_int8_dot_products(monkeypatch):
-    monkeypatch.setattr(features, "_cpu_flags", lambda: {"sse4_2", "avx2", "avx512f"})
-    assert not features.int8_available()
-    monkeypatch.setattr(features, "_cpu_flags", lambda: {"avx2", "avx_vnni"})
-    assert features.int8_available()
+    monkeypatch.setattr(engines, "_cpu_flags", lambda: {"sse4_2", "avx2", "avx512f"})
+    assert not engines.int8_available()
+    monkeypatch.setattr(engines, "_cpu_flags", lambda: {"avx2", "avx_vnni"})
+    assert engines.int8_available()
 
 
 def test_int8_without_nncf_or_calibration_posters_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setitem(__import__("sys").modules, "nncf", None)  # as if not installed
-    with pytest.raises(features.EngineError, match="nncf, which is not installed"):
-        features.quantize_int8(SPEC, tmp_path)
-    monkeypatch.setattr(features, "CALIBRATION_DIR", tmp_path / "nowhere")
-    with pytest.raises(features.EngineError, match="bundled sample posters, not found"):
-        features.calibration_pixels(SPEC)
+    with pytest.raises(engines.EngineError, match="nncf, which is not installed"):
+        int8.quantize_int8(SPEC, tmp_path)
+    monkeypatch.setattr(int8, "CALIBRATION_DIR", tmp_path / "nowhere")
+    with pytest.raises(engines.EngineError, match="bundled sample posters, not found"):
+        int8.calibration_pixels(SPEC)
 
 
 def test_a_damaged_int8_model_is_made_again(int8_cache, tmp_path, posters, caplog):
@@ -116,7 +117,7 @@ def test_a_damaged_int8_model_is_made_again(int8_cache, tmp_path, posters, caplo
     [weights] = (tmp_path / "openvino").rglob("model.bin")
     weights.write_bytes(weights.read_bytes()[:1000])
     batch = np.zeros((1, SPEC.height, SPEC.width, 3), np.uint8)
-    runner = features.OpenVINORunner(SPEC, tmp_path, int8=True)
+    runner = engines.OpenVINORunner(SPEC, tmp_path, int8=True)
     assert "is damaged" in caplog.text and runner(batch).shape == (1, SPEC.feature_dim)
     assert weights.stat().st_size > 1000
 
@@ -126,7 +127,7 @@ def test_nncf_is_imported_with_its_telemetry_off(tmp_path):
     import subprocess
     import sys
 
-    code = ("import os; from posterlens import features; features._import_nncf(); "
+    code = ("import os; from posterlens.features import int8; int8._import_nncf(); "
             "from nncf.telemetry import wrapper; "
             "print(isinstance(wrapper.telemetry, wrapper.NNCFTelemetry), os.environ.get('NNCF_CI'))")
     env = {**os.environ, "HOME": str(tmp_path)}
@@ -139,8 +140,8 @@ def test_nncf_is_imported_with_its_telemetry_off(tmp_path):
 def test_cache_chunks_that_fail_their_checks_are_recomputed(posters, tmp_path, onnx, caplog):
     features.embed_files(posters[:3], SPEC, tmp_path, runner=onnx, progress=False)
     [chunk] = (tmp_path / "features" / SPEC.key).glob("*.safetensors")
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
 
     with safe_open(str(chunk), framework="numpy") as f:
         meta = f.metadata()
@@ -152,10 +153,10 @@ def test_cache_chunks_that_fail_their_checks_are_recomputed(posters, tmp_path, o
     assert counting.seen == 3 and result.ok.all() and "checksum mismatch" in caplog.text
     for chunk in (tmp_path / "features" / SPEC.key).glob("*.safetensors"):
         chunk.unlink()
-    features.FeatureCache(tmp_path, SPEC).add(["k1"], np.full((1, SPEC.feature_dim), np.nan, np.float32))
-    assert features.FeatureCache(tmp_path, SPEC).load() == {} and "NaN or infinite" in caplog.text
-    features.FeatureCache(tmp_path, SPEC).add(["k2", "k3"], np.zeros((2, 7), np.float32))
-    assert features.FeatureCache(tmp_path, SPEC).load() == {} and "expected (2, " in caplog.text
+    store.FeatureCache(tmp_path, SPEC).add(["k1"], np.full((1, SPEC.feature_dim), np.nan, np.float32))
+    assert store.FeatureCache(tmp_path, SPEC).load() == {} and "NaN or infinite" in caplog.text
+    store.FeatureCache(tmp_path, SPEC).add(["k2", "k3"], np.zeros((2, 7), np.float32))
+    assert store.FeatureCache(tmp_path, SPEC).load() == {} and "expected (2, " in caplog.text
 
 
 def test_rerun_computes_nothing_and_a_new_poster_computes_one(posters, tmp_path, onnx):
@@ -209,7 +210,7 @@ def test_damaged_cache_chunk_is_ignored(posters, tmp_path, onnx):
 
 
 def test_compaction_merges_chunks(posters, tmp_path, onnx, monkeypatch):
-    monkeypatch.setattr(features, "COMPACT_AFTER", 2)
+    monkeypatch.setattr(store, "COMPACT_AFTER", 2)
     result = features.embed_files(posters, SPEC, tmp_path, runner=onnx, batch_size=2, progress=False)
     chunks = list((tmp_path / "features").rglob("*.safetensors"))
     assert len(chunks) == 1
@@ -218,7 +219,7 @@ def test_compaction_merges_chunks(posters, tmp_path, onnx, monkeypatch):
 
 
 def test_openvino_parallel_requests_equal_one_request(tmp_path):
-    runner = features.OpenVINORunner(SPEC, tmp_path, threads=2)
+    runner = engines.OpenVINORunner(SPEC, tmp_path, threads=2)
     batch = np.random.default_rng(0).integers(0, 256, (5, SPEC.height, SPEC.width, 3), dtype=np.uint8)
     together = runner(batch)  # 5 >= 2 * 2 threads: split over 2 requests at once
     one_by_one = np.concatenate([runner(batch[i:i + 1]) for i in range(5)])
@@ -292,7 +293,7 @@ def test_a_backbone_gets_the_same_pixels_alone_or_with_another(tmp_path):
     features.embed([poster], features.FeatureSpec((LITE2, SPEC)), tmp_path / "together", runners=together[::-1],
                    progress=False)
     np.testing.assert_array_equal(together[0].batches[0], alone.batches[0])
-    from posterlens.images import decode, read_poster_bytes
+    from posterlens.data.images import decode, read_poster_bytes
 
     np.testing.assert_array_equal(np.asarray(decode(poster, read_poster_bytes(poster), (SPEC.width, SPEC.height))),
                                   alone.batches[0][0])

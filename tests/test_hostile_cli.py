@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from posterlens.cli import app
+from posterlens.app.cli import app
 
 BAD_OPTIONS = {
     "embed --batch-size 0": (["embed", "-c", "{catalog}", "--batch-size", "0"], "--batch-size"),

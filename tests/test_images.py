@@ -13,11 +13,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from posterlens import images
-from posterlens.backbones import resolve
-from posterlens.images import PosterError, decode, load_poster, read_poster_bytes, to_8bit
+from posterlens.data import images
+from posterlens.data.images import DRAFT_SIZE, PosterError, decode, read_poster_bytes, to_8bit
+from posterlens.features.backbones import REGISTRY, resolve, to_array
 
 SPEC = resolve()
+
+
+def load_poster(path, backbone, mirror: bool = False) -> np.ndarray:
+    """Read, decode and normalise one poster file for ``backbone``, as the engines' inputs are made."""
+    image = decode(path, read_poster_bytes(path, images.MAX_FILE_BYTES), (backbone.width, backbone.height))
+    return to_array(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else image, backbone)
+
+
+def test_one_decode_serves_every_registered_backbone():
+    """A JPEG is drafted to ``DRAFT_SIZE``: at least twice every registered backbone's input."""
+    assert all(2 * b.width <= DRAFT_SIZE[0] and 2 * b.height <= DRAFT_SIZE[1] for b in REGISTRY.values())
 
 
 def test_poster_is_resized_to_portrait_input_and_normalised(sample_dir):

@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_allclose
 from sklearn.base import clone
 
-from posterlens.pixels import FineTunedBackbone, PixelCNN, PixelMLP, augment
+from posterlens.models.pixels import FineTunedBackbone, PixelCNN, PixelMLP, augment
 
 N, GENRES, SIZE = 30, 3, (16, 24)  # posters, genres, (width, height)
 BACKBONE_SIZE = (64, 96)  # the backbone's deepest block needs more than one pixel

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from pathlib import Path
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,9 +15,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import posterlens
-from posterlens import predict
-from posterlens.cli import app
-from posterlens.model import ModelError
+from posterlens.app import outputs
+from posterlens.app.cli import app
+from posterlens.models.directory import ModelError
+from posterlens.workflows import predict
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_in_memory_images_are_not_cached(predictor, posters, shared_cache):
 
 def test_unreadable_images_are_listed_and_warned_about(predictor, folder):
     with pytest.warns(UserWarning, match="4 of 9 images could not be read"):
-        table = predictor.predict([*predict.image_files(folder), np.zeros((4, 4), np.float64)])
+        table = predictor.predict([*outputs.image_files(folder), np.zeros((4, 4), np.float64)])
     errors = table.attrs["errors"]
     assert list(errors.columns) == ["file", "reason"] and len(table) == 5
     names = [f.rsplit("/", 1)[-1] for f in errors["file"]]
@@ -99,8 +100,8 @@ def test_load_without_a_path_uses_the_released_model(trained_model, tmp_path, mo
 
 def test_csv_files_have_the_documented_columns(predictor, folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    result = predictor.predict(predict.image_files(folder), warn=False)
-    predict.write(result, out)
+    result = predictor.predict(outputs.image_files(folder), warn=False)
+    outputs.write(result, out)
     score = pd.read_csv(out / "predictions_score.csv")
     genre = pd.read_csv(out / "predictions_genre.csv")
     final = pd.read_csv(out / "predictions_final.csv")
@@ -116,14 +117,15 @@ def test_csv_files_have_the_documented_columns(predictor, folder, tmp_path_facto
     assert list(probs) == predictor.model.genres
     assert probs == {g: round(float(p), 4) for g, p in zip(predictor.model.genres, result[predictor.model.genres].iloc[0])}
     assert final.merge(score, on="file")["score"].equals(final.merge(score, on="file")["label"])
-    predict.merge_files(out)  # the DAG's way: the same final table from the two part files
+    outputs.merge_files(out)  # the DAG's way: the same final table from the two part files
     assert pd.read_csv(out / "predictions_final.csv").equals(final)
 
 
 def test_one_label_rule_in_train_evaluate_and_predict(trained, predictor, sample_dir, shared_cache, tmp_path):
-    from posterlens import catalog, metrics
-    from posterlens.evaluate import evaluate
-    from posterlens.train import load_dataset
+    from posterlens.data import catalog
+    from posterlens.workflows import metrics
+    from posterlens.workflows.evaluate import evaluate
+    from posterlens.workflows.train import load_dataset
 
     model = trained.model
     data = load_dataset(sample_dir / "MovieGenre.csv", None, model.features, shared_cache, progress=False)
@@ -245,7 +247,7 @@ def test_similar_cli_unreadable_poster_is_one_line(trained_model, tmp_path):
 
 
 def test_evaluate_reports_similar_quality(trained_model, sample_dir, shared_cache, tmp_path):
-    from posterlens.evaluate import evaluate
+    from posterlens.workflows.evaluate import evaluate
 
     metrics = evaluate(trained_model, sample_dir / "MovieGenre.csv", None, tmp_path, shared_cache, progress=False).metrics
     assert 0 <= metrics["similar"]["genre_precision_at_10"] <= 1

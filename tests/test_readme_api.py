@@ -24,7 +24,7 @@ def test_python_blocks_are_found():
 def readme_folder(tmp_path, monkeypatch, trained_model, sample_dir):
     """A working folder where the names the README uses exist: ``poster.jpg``, ``runs/model``
     and the released model (the test model)."""
-    from posterlens import predict
+    from posterlens.workflows import predict
 
     shutil.copy(sorted((sample_dir / "images").iterdir())[0], tmp_path / "poster.jpg")
     (tmp_path / "runs").mkdir()

@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from posterlens import __version__, report
-from posterlens.evaluate import evaluate
+from posterlens import __version__
+from posterlens.workflows import report
+from posterlens.workflows.evaluate import evaluate
 
 CHROMIUM = shutil.which("chromium") or next((p for p in ("/usr/bin/chromium",) if Path(p).is_file()), None)
 LINK_ATTRIBUTES = {"src", "href", "srcset", "data", "poster", "action", "background", "xlink:href"}

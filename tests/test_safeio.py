@@ -11,7 +11,15 @@ import pandas as pd
 import pytest
 
 from posterlens import safeio
-from posterlens.safeio import OutputError, atomic_write, neutralise, remove_stale_temps, write_csv, write_json, write_text
+from posterlens.safeio import (
+    OutputError,
+    atomic_write,
+    neutralise,
+    remove_stale_temps,
+    write_csv,
+    write_json,
+    write_text,
+)
 
 
 def test_atomic_write_replaces_only_on_success(tmp_path):

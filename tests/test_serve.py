@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import posterlens
-from posterlens import serve
+from posterlens.app import serve
 
 
 @pytest.fixture(scope="module")

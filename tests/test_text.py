@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from posterlens import text
+from posterlens.features import ocr
+from posterlens.models import text
 
 
 @pytest.fixture
@@ -38,11 +39,11 @@ class FakeReader:
 
 def test_cached_by_content_and_damaged_chunks_are_read_again(posters, tmp_path, caplog):
     reader = FakeReader()
-    first = text.read_texts(posters, tmp_path / "cache", reader=reader, batch_size=2, progress=False)
+    first = ocr.read_texts(posters, tmp_path / "cache", reader=reader, batch_size=2, progress=False)
     assert reader.calls == len(posters) and first.computed == len(posters) and all(first.texts)
     copy = tmp_path / "copy.jpg"  # same bytes, other name: read from the cache
     shutil.copy(posters[0], copy)
-    again = text.read_texts([*posters, copy], tmp_path / "cache", reader=reader, progress=False)
+    again = ocr.read_texts([*posters, copy], tmp_path / "cache", reader=reader, progress=False)
     assert reader.calls == len(posters) and again.cached == len(posters) + 1
     assert again.texts == [*first.texts, first.texts[0]]
     chunks = sorted((tmp_path / "cache" / "text").glob("*/*.json"))
@@ -50,7 +51,7 @@ def test_cached_by_content_and_damaged_chunks_are_read_again(posters, tmp_path, 
     body["texts"][0] = "tampered"
     chunks[0].write_text(json.dumps(body))
     with caplog.at_level(logging.WARNING):
-        fixed = text.read_texts(posters, tmp_path / "cache", reader=reader, progress=False)
+        fixed = ocr.read_texts(posters, tmp_path / "cache", reader=reader, progress=False)
     assert "ignoring damaged text cache file" in caplog.text
     assert reader.calls == len(posters) + 2 and fixed.texts == first.texts  # the chunk held 2 posters
     assert not list((tmp_path / "cache" / "text").glob("*/.*.tmp"))
@@ -67,7 +68,7 @@ def test_unreadable_posters_are_skipped_with_a_reason(posters, tmp_path):
         os.mkfifo(fifo)
     paths = [posters[0], bad / "notes.jpg", bad / "empty.jpg", bad / "folder.jpg", bad / "missing.jpg",
              *([fifo] if fifo.exists() else [])]
-    result = text.read_texts(paths, tmp_path / "cache", reader=FakeReader(), progress=False)
+    result = ocr.read_texts(paths, tmp_path / "cache", reader=FakeReader(), progress=False)
     assert result.texts[0] and result.ok.tolist() == [True] + [False] * (len(paths) - 1)
     reasons = {os.path.basename(p): r for p, r in result.errors.items()}
     assert "not an image" in reasons["notes.jpg"] and "empty" in reasons["empty.jpg"]
@@ -85,11 +86,11 @@ def test_an_ocr_failure_costs_only_its_poster(posters, tmp_path):
             raise RuntimeError("onnxruntime said no")
         return reader(rgb)
 
-    result = text.read_texts(posters, tmp_path / "cache", reader=flaky, progress=False)
+    result = ocr.read_texts(posters, tmp_path / "cache", reader=flaky, progress=False)
     assert result.ok.sum() == len(posters) - 1 and result.computed == len(posters) - 1
     (path, reason), = result.errors.items()
     assert "RuntimeError: onnxruntime said no" in reason
-    again = text.read_texts(posters, tmp_path / "cache", reader=FakeReader(), progress=False)
+    again = ocr.read_texts(posters, tmp_path / "cache", reader=FakeReader(), progress=False)
     assert again.ok.all() and again.computed == 1  # tried again next time, the others from the cache
 
 
@@ -98,15 +99,15 @@ def test_missing_rapidocr_is_one_line(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rapidocr" else real(name, *a))
-    with pytest.raises(text.TextUnavailable) as err:
-        text.require_rapidocr()
+    with pytest.raises(ocr.TextUnavailable) as err:
+        ocr.require_rapidocr()
     assert "\n" not in str(err.value) and "posterlens[text]" in str(err.value)
 
 
-@pytest.mark.skipif(not text.rapidocr_available(), reason="rapidocr (posterlens[text]) is not installed")
+@pytest.mark.skipif(not ocr.rapidocr_available(), reason="rapidocr (posterlens[text]) is not installed")
 def test_rapidocr_reads_a_poster_offline(sample_dir, tmp_path):
     paths = sorted((sample_dir / "images").iterdir())[:3]
-    result = text.read_texts(paths, tmp_path / "cache", progress=False)
+    result = ocr.read_texts(paths, tmp_path / "cache", progress=False)
     assert result.ok.all() and result.computed == 3
     assert any(len(t) > 3 for t in result.texts)  # posters carry titles and names
 
@@ -184,7 +185,7 @@ def test_text_score_stacks_saves_and_refuses_damage(tmp_path):
 
 # --- train --text, the model directory, predict ------------------------------------------------------
 
-class FakeOcrSettings(text.OcrSettings):
+class FakeOcrSettings(ocr.OcrSettings):
     """Training reads the sample's 240 posters with ``FakeReader`` (real OCR: ~0.5 s each), cached
     under its own key, so that predicting later with the real settings runs rapidocr for real."""
 
@@ -195,40 +196,40 @@ class FakeOcrSettings(text.OcrSettings):
 
 @pytest.fixture(scope="module")
 def text_trained(tmp_path_factory, shared_cache, sample_dir):
-    from posterlens import train as training
+    from posterlens.workflows import train as training
 
     out = tmp_path_factory.mktemp("text-model") / "model"
     config = training.TrainConfig(min_genre_count=10, text=True, genre={"epochs": 2, "calibration_folds": 2})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(text, "OcrSettings", FakeOcrSettings)
-        patch.setattr(text, "ocr_reader", lambda settings: FakeReader())
+        patch.setattr(ocr, "ocr_reader", lambda settings: FakeReader())
         return training.train(sample_dir / "MovieGenre.csv", None, out, config, shared_cache, progress=False)
 
 
 @pytest.fixture(scope="module")
 def sample_X(text_trained, sample_dir, shared_cache):
-    from posterlens.train import load_dataset
+    from posterlens.workflows.train import load_dataset
 
     return load_dataset(sample_dir / "MovieGenre.csv", None, text_trained.model.features, shared_cache, progress=False).X
 
 
 def test_model_directory_names_its_text_part(text_trained):
-    from posterlens import model as model_files
+    from posterlens.models import directory as model_files
 
     config = json.loads((text_trained.model_dir / "config.json").read_text())
     entry = config["text_model"]
     assert entry["class"] == "TextModel" and entry["files"] == [text.TEXT_MODEL_FILE, text.TEXT_MODEL_JSON]
-    assert set(entry["files"]) <= set(config["files"]) and entry["ocr"] == dataclasses.asdict(text.OcrSettings())
+    assert set(entry["files"]) <= set(config["files"]) and entry["ocr"] == dataclasses.asdict(ocr.OcrSettings())
     assert config["training"]["text"] is True and "text_model" not in text_trained.model.info
-    assert model_files.TEXT_OCR == {f.name for f in dataclasses.fields(text.OcrSettings)}
+    assert model_files.TEXT_OCR == {f.name for f in dataclasses.fields(ocr.OcrSettings)}
     assert text_trained.validation["genre"]["macro_map"] > 0  # the holdout was scored with the text fused
 
 
 def test_text_model_round_trips_and_fuses(text_trained, sample_X):
-    from posterlens import model as model_files
+    from posterlens.models import directory as model_files
 
     fitted, loaded = text_trained.model, model_files.load(text_trained.model_dir)
-    assert loaded.text is not None and loaded.text.settings == text.OcrSettings()
+    assert loaded.text is not None and loaded.text.settings == ocr.OcrSettings()
     texts = (["superman returns", "", None, "a love story"] * len(sample_X))[:len(sample_X)]
     P = loaded.genre_proba(sample_X, texts)
     assert_allclose(P, fitted.genre_proba(sample_X, texts), rtol=1e-5, atol=1e-6)
@@ -248,9 +249,10 @@ def test_text_model_round_trips_and_fuses(text_trained, sample_X):
 
 
 def test_predict_reads_the_text_and_fuses_it(text_trained, shared_cache, sample_dir, tmp_path):
-    from posterlens import predict
-    from posterlens.cli import app
     from typer.testing import CliRunner
+
+    from posterlens.app.cli import app
+    from posterlens.workflows import predict
 
     poster = sorted((sample_dir / "images").iterdir())[0]
     predictor = predict.load(text_trained.model_dir, shared_cache)
@@ -258,7 +260,7 @@ def test_predict_reads_the_text_and_fuses_it(text_trained, shared_cache, sample_
     genres = table.attrs["genres"]
     P_image = predictor.model.image_proba(predictor.embed([poster]).features)
     assert not np.allclose(table[genres].to_numpy(np.float32), P_image, atol=1e-4)
-    real = text.read_texts([poster], shared_cache, progress=False)  # what predict read, from the cache now
+    real = ocr.read_texts([poster], shared_cache, progress=False)  # what predict read, from the cache now
     assert real.cached == 1 and real.texts[0]
     assert_allclose(table[genres].to_numpy(np.float32), predictor.model.fuse(P_image, real.texts), rtol=1e-5)
     assert_allclose(table["score"], predictor.model.score(predictor.embed([poster]).features, real.texts), rtol=1e-5)
@@ -286,7 +288,7 @@ HOSTILE_TEXT = {
 
 @pytest.mark.parametrize("attack", list(HOSTILE_TEXT))
 def test_hostile_text_model_entry_is_refused_in_one_line(text_trained, tmp_path, attack, rewrite_config):
-    from posterlens import model as model_files
+    from posterlens.models import directory as model_files
 
     change, message = HOSTILE_TEXT[attack]
     copy = tmp_path / "model"
@@ -298,7 +300,7 @@ def test_hostile_text_model_entry_is_refused_in_one_line(text_trained, tmp_path,
 
 
 def test_damaged_text_model_file_is_one_line(text_trained, tmp_path, rewrite_config):
-    from posterlens import model as model_files
+    from posterlens.models import directory as model_files
 
     copy = tmp_path / "model"
     shutil.copytree(text_trained.model_dir, copy)
@@ -314,23 +316,24 @@ def test_only_a_model_with_text_imports_scikit_learn(trained_model, text_trained
     import subprocess
     import sys
 
-    code = ("import sys; from posterlens import model; model.load(sys.argv[1]); "
-            "print(sorted(m for m in ('torch', 'sklearn', 'posterlens.text') if m in sys.modules))")
+    code = ("import sys; from posterlens.models import directory; directory.load(sys.argv[1]); "
+            "print(sorted(m for m in ('torch', 'sklearn', 'posterlens.models.text') if m in sys.modules))")
     def imported(model_dir) -> str:
         return subprocess.run([sys.executable, "-c", code, str(model_dir)], check=True, capture_output=True,
                               text=True).stdout.strip()
 
     assert imported(trained_model) == "[]"
-    assert imported(text_trained.model_dir) == "['posterlens.text', 'sklearn']"
+    assert imported(text_trained.model_dir) == "['posterlens.models.text', 'sklearn']"
 
 
 def test_train_text_without_rapidocr_is_one_line(monkeypatch, small_catalog, tmp_path):
-    from posterlens.cli import app
-    from posterlens.train import TrainConfig
     from typer.testing import CliRunner
 
-    monkeypatch.setattr(text, "rapidocr_available", lambda: False)
-    with pytest.raises(text.TextUnavailable, match=r"posterlens\[text\]"):
+    from posterlens.app.cli import app
+    from posterlens.workflows.train import TrainConfig
+
+    monkeypatch.setattr(ocr, "rapidocr_available", lambda: False)
+    with pytest.raises(ocr.TextUnavailable, match=r"posterlens\[text\]"):
         TrainConfig(text=True)
     TrainConfig(text=False)  # image-only training does not need it
     result = CliRunner().invoke(app, ["train", "-c", str(small_catalog), "-o", str(tmp_path / "m"), "--text"])

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from posterlens import model as model_files
-from posterlens.backbones import DEFAULT_FEATURES
-from posterlens.cli import app
-from posterlens.evaluate import EvaluationError, evaluate
-from posterlens.train import TrainConfig, load_dataset, train
+from posterlens.app.cli import app
+from posterlens.features.backbones import DEFAULT_FEATURES
+from posterlens.models import directory as model_files
+from posterlens.workflows.evaluate import EvaluationError, evaluate
+from posterlens.workflows.train import TrainConfig, load_dataset, train
 
 GENRE_KEYS = {"micro_f1", "macro_f1", "samples_f1", "macro_map", "micro_map", "macro_roc_auc", "binary_accuracy",
               "hamming_loss", "jaccard", "subset_accuracy", "brier", "ece"}
@@ -111,7 +111,7 @@ def test_edited_config_without_a_new_digest_is_refused(trained_model, tmp_path):
 
 def test_failed_retrain_leaves_the_previous_model_byte_identical(trained_model, sample_dir, shared_cache, tmp_path,
                                                                    monkeypatch):
-    from posterlens import train as training
+    from posterlens.workflows import train as training
 
     copy = tmp_path / "model"
     shutil.copytree(trained_model, copy)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from posterlens import tune
-from posterlens.train import TrainConfig
+from posterlens.workflows import tune
+from posterlens.workflows.train import TrainConfig
 
 SAMPLE_CSV = Path(__file__).resolve().parents[1] / "examples" / "sample" / "MovieGenre.csv"
 OUTPUTS = ("tune.csv", "tune.md", "best.json", "tune_sensitivity.png")
@@ -41,7 +41,7 @@ def test_best_json_reproduces_the_best_configuration(searched):
     space, out, frame = searched
     if space == "cnn":
         pytest.skip("best.json holds the embedding models' settings")
-    config = TrainConfig(**tune.read_config(out / "best.json"))
+    config = TrainConfig(**TrainConfig.from_file(out / "best.json"))
     for model, estimator in (("genre", config.genre_estimator()), ("score", config.score_estimator())):
         best = frame[(frame["model"] == model) & (frame["rank"] == 1)].iloc[0]
         params = json.loads(best["params"])
@@ -88,20 +88,22 @@ def test_custom_space_files(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ({"genre": {"wd": 10.0}, "epochs": 3}, "unknown key 'epochs'"),
+    ({"genre": {"wd": 10.0}, "epochs": 3}, r"unknown key\(s\) \['epochs'\]"),
     ({"genre": {"depth": 2}}, "unknown genre model setting"),
     ({"score": [1]}, "score: expected an object"),
-    ({"backbones": "efficientnet_lite0"}, "backbones: expected a list"),
-    ({"genre": {"wd": "strong"}}, "genre.wd: 'strong' is not a number"),
-    ({"text": "yes"}, "text: expected true or false"),
-    ({"folds": 2.5}, "folds: expected a whole number"),
-    ({"holdout": "0.2"}, "holdout: expected a number"),
+    ({"backbones": "efficientnet_lite0"}, "--backbone: give one or more backbone names"),
+    ({"genre": {"wd": "strong"}}, "genre: wd: expected a number, got 'strong'"),
+    ({"text": "yes"}, "--text: 'yes' is not one of False, True"),
+    ({"folds": 2.5}, "--folds: expected a whole number"),
+    ({"holdout": "0.2"}, "--holdout: expected a number"),
 ])
 def test_read_config_rejects_bad_files(tmp_path, content, message):
+    from posterlens.errors import SettingsError
+
     path = tmp_path / "best.json"
     path.write_text(json.dumps(content))
-    with pytest.raises(tune.SpaceError, match=message) as err:
-        tune.read_config(path)
+    with pytest.raises(SettingsError, match=message) as err:
+        TrainConfig.from_file(path)
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
 
 
@@ -123,7 +125,7 @@ def test_restrict_renumbers_folds():
 def test_a_draw_equal_to_the_defaults_is_not_scored_twice():
     from sklearn.pipeline import Pipeline
 
-    from posterlens.pixels import PixelCNN
+    from posterlens.models.pixels import PixelCNN
 
     estimator = Pipeline([("model", PixelCNN())])
     configs = [{}, {"model__filters": 32}, {"model__filters": 16}]
@@ -135,7 +137,7 @@ def test_train_cli_takes_its_settings_from_best_json(sample_dir, shared_cache, t
 
     from typer.testing import CliRunner
 
-    from posterlens.cli import app
+    from posterlens.app.cli import app
 
     best = tmp_path / "best.json"
     best.write_text(json.dumps({"backbones": ["efficientnet_lite0"], "genre": {"epochs": 2, "wd": 10.0}, "score": {}}))

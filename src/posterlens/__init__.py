@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+__all__ = ["load", "__version__"]
+
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from posterlens.predict import Predictor
+    from posterlens.workflows.predict import Predictor
 
 
 def load(path: str | Path | None = None, cache: str | Path | None = None) -> "Predictor":
@@ -21,6 +23,6 @@ def load(path: str | Path | None = None, cache: str | Path | None = None) -> "Pr
 
     ``cache`` is the feature cache folder (default: ``$POSTERLENS_CACHE`` or ``~/.cache/posterlens``).
     """
-    from posterlens.predict import load as _load
+    from posterlens.workflows.predict import load as _load
 
     return _load(path, cache)

@@ -1,6 +1,6 @@
 """``python -m posterlens``: the command line."""
 
-from posterlens.cli import main
+from posterlens.app.cli import main
 
 if __name__ == "__main__":
     main()

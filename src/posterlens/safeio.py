@@ -21,20 +21,13 @@ from typing import IO, Any
 
 import pandas as pd
 
+from posterlens.errors import OutputError
+
+__all__ = ["OutputError", "atomic_write", "remove_stale_temps", "neutralise", "neutralise_frame",
+           "write_csv", "write_text", "write_json"]
+
 # A cell starting with one of these is a formula to Excel, LibreOffice or Google Sheets.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-class OutputError(OSError):
-    """An output file cannot be written; the message names the file and what to do."""
-
-    def __init__(self, path: str | Path, err: OSError):
-        reason = err.strerror or str(err)
-        super().__init__(err.errno, f"{path}: cannot write ({reason}); free some space or choose a writable location")
-        self.path = str(path)
-
-    def __str__(self) -> str:
-        return self.strerror
 
 
 @contextmanager

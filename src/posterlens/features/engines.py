@@ -1,0 +1,199 @@
+"""Engines: the same network, exported once to ONNX with a uint8 input normalised inside the
+graph, run by OpenVINO in int8 (``features.int8``), OpenVINO in its default precision, ONNX
+Runtime (the fallback) or torch. ``resolve_engine`` says which ``auto`` picks, and why.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from posterlens.errors import EngineError
+from posterlens.features.backbones import Backbone
+from posterlens.features.export import onnx_file, torch_module
+from posterlens.features.int8 import CALIBRATION_DIR, INT8, int8_dir, int8_file, quantize_int8
+
+__all__ = ["Runner", "INT8", "ENGINES", "BATCH_SIZES", "INT8_AFTER", "EngineError",
+           "onnx_runner", "OpenVINORunner", "torch_runner", "openvino_available", "int8_unavailable",
+           "int8_available", "resolve_engine", "make_runner"]
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+Runner = Callable[["np.ndarray"], "np.ndarray"]  # a uint8 batch (N, H, W, 3) -> features (N, D)
+ENGINES = ("auto", INT8, "openvino", "onnx", "torch")
+BATCH_SIZES = {INT8: 32}  # posters a forward pass, by engine; others: 8 (ONNX Runtime's memory grows with it)
+INT8_AFTER = 1000  # auto makes the int8 models (~25 s for lite0 + lite2, once per cache) only for jobs this large
+INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: where int8 pays
+
+def onnx_runner(backbone: Backbone, cache_dir: Path, threads: int | None = None) -> Runner:
+    """ONNX Runtime session on the exported backbone."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_file(backbone, cache_dir)), options, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(None, {"pixels": batch})[0]
+
+
+class OpenVINORunner:
+    """OpenVINO on the exported backbone: its int8 model with ``int8``, else the ONNX export in the
+    CPU plugin's default precision (bf16 where the CPU has native bf16, AMX or AVX512-BF16; f32
+    elsewhere).
+
+    Small batches run on one latency-tuned request with every thread; larger ones are split over
+    one single-thread request a thread, run at once (throughput mode): 1.6-1.8x faster for a
+    batch of 8-16 on 2 cores. Each mode is compiled on its first batch.
+    """
+
+    def __init__(self, backbone: Backbone, cache_dir: Path, threads: int | None = None, int8: bool = False):
+        import openvino as ov
+
+        self.core, self.backbone = ov.Core(), backbone
+        self.threads = threads or (os.cpu_count() or 1)
+        self.model = self._read(backbone, Path(cache_dir)) if int8 else self.core.read_model(str(onnx_file(backbone, cache_dir)))
+        self.single = None  # latency mode's request
+        self.parallel: list | None = None  # throughput mode's requests
+        self.pool: ThreadPoolExecutor | None = None
+
+    def _read(self, backbone: Backbone, cache_dir: Path):
+        """The int8 model; one the cache holds damaged is made again."""
+        import shutil
+
+        path = int8_file(backbone, cache_dir)
+        try:
+            return self.core.read_model(str(path))
+        except RuntimeError as err:
+            log.warning("int8 model %s is damaged (%s); making it again", path.parent, str(err).splitlines()[0])
+            shutil.rmtree(path.parent, ignore_errors=True)
+            return self.core.read_model(str(quantize_int8(backbone, cache_dir)))
+
+    def _compile(self, config: dict, requests: int) -> list:
+        compiled = self.core.compile_model(self.model, "CPU", {"INFERENCE_NUM_THREADS": self.threads, **config})
+        made = [compiled.create_infer_request() for _ in range(requests)]
+        # one poster on this thread first: pybind11 sets up its numpy API on first use, and two
+        # requests doing that at once in a fresh process can deadlock (pybind/pybind11#4877)
+        import numpy as np
+
+        made[0].infer({0: np.zeros((1, self.backbone.height, self.backbone.width, 3), np.uint8)})
+        return made
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self.threads < 2 or len(batch) < 2 * self.threads:
+            if self.single is None:
+                [self.single] = self._compile({"PERFORMANCE_HINT": "LATENCY"}, 1)
+            return self.single.infer({0: batch})[0].copy()
+        if self.parallel is None:
+            self.parallel = self._compile({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.threads}, self.threads)
+            self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="openvino")
+        import numpy as np
+
+        parts = np.array_split(batch, len(self.parallel))
+        # synchronous infer() in threads (it releases the GIL); start_async()/wait() hung inside
+        # Airflow's in-process task runner
+        done = self.pool.map(lambda pair: pair[0].infer({0: pair[1]})[0].copy(), zip(self.parallel, parts))
+        return np.concatenate(list(done))
+
+
+def torch_runner(backbone: Backbone) -> Runner:
+    """The backbone in torch: ``channels_last`` and ``inference_mode``."""
+    import torch
+
+    model = torch_module(backbone)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(batch)).float().numpy()
+
+    return run
+
+
+@functools.cache
+def _installed(package: str) -> bool:
+    """Whether ``package`` can be imported here (looked up once a process: ``resolve_engine`` runs
+    on every prediction)."""
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
+
+
+def openvino_available() -> bool:
+    """Whether the ``openvino`` package can be imported here."""
+    return _installed("openvino")
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no flags, no int8 by default
+        return frozenset()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def int8_unavailable() -> str | None:
+    """Why ``auto`` may not choose int8 here, or None: it needs openvino and nncf installed, a CPU with
+    int8 dot products (``INT8_CPU_FLAGS``; elsewhere int8 is no faster than f32) and the calibration
+    posters that ship with the package."""
+    if not openvino_available() or not _installed("nncf"):
+        return "openvino and nncf are not both installed (pip install openvino nncf)"
+    if not _cpu_flags() & set(INT8_CPU_FLAGS):
+        return f"this CPU has none of {', '.join(INT8_CPU_FLAGS)} (int8 would be no faster than f32)"
+    if not CALIBRATION_DIR.is_dir():
+        return f"the calibration posters are missing ({CALIBRATION_DIR}): reinstall posterlens"
+    return None
+
+
+def int8_available() -> bool:
+    """Whether ``auto`` may choose int8 (``int8_unavailable`` says why not)."""
+    return int8_unavailable() is None
+
+
+def resolve_engine(engine: str, backbones: Sequence[Backbone] = (), cache_dir: Path | None = None,
+                   posters: int = 0) -> str:
+    """The engine ``engine`` names; ``auto`` is the fastest one that pays for itself here:
+
+    - ``openvino-int8`` where ``int8_available()`` and either the int8 models of ``backbones``
+      are in ``cache_dir`` already or the job has ``INT8_AFTER`` posters or more (making them
+      costs ~25 s once for lite0 + lite2);
+    - else ``openvino`` where installed (2x ONNX Runtime on this CPU in f32);
+    - else ``onnx``.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if engine != "auto":
+        return engine
+    if not openvino_available():
+        return "onnx"
+    made = bool(backbones) and cache_dir is not None and all(
+        (int8_dir(b, cache_dir) / "model.xml").exists() for b in backbones)
+    if not made and posters < INT8_AFTER:
+        return "openvino"
+    if not int8_available():
+        _say_once(f"--engine auto: not openvino-int8 because {int8_unavailable() or 'it is turned off'}; using openvino")
+        return "openvino"
+    return INT8
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    log.info(message)
+
+
+def make_runner(backbone: Backbone, cache_dir: Path, engine: str = "auto") -> Runner:
+    """The network that turns a uint8 batch (N, H, W, 3) into features (N, D)."""
+    engine = resolve_engine(engine, (backbone,), cache_dir)
+    if engine in ("openvino", INT8):
+        return OpenVINORunner(backbone, cache_dir, int8=engine == INT8)
+    if engine == "onnx":
+        return onnx_runner(backbone, cache_dir)
+    return torch_runner(backbone)

@@ -1,0 +1,219 @@
+"""Poster text: the words printed on each poster (title, tagline, names), read by rapidocr's
+ONNX models, which ship inside its wheel (nothing is downloaded).
+
+Cached like embeddings: by OCR settings and the hash of each image's bytes, each finished
+batch written atomically with its SHA-256; a damaged chunk is ignored with a warning and
+read again. A poster that cannot be read is skipped with its reason (``errors``), never
+stops the batch. rapidocr is an optional extra (``pip install 'posterlens[text]'``);
+``require_rapidocr`` says so in one line where it is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from posterlens.data.images import PosterError, content_hash, decode, read_poster_bytes
+from posterlens.errors import TextUnavailable
+
+__all__ = ["OcrSettings", "PosterTexts", "TextCache", "TextUnavailable", "INSTALL_HINT", "rapidocr_available",
+           "require_rapidocr", "ocr_reader", "read_texts"]
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'posterlens[text]'"
+
+
+def rapidocr_available() -> bool:
+    return importlib.util.find_spec("rapidocr") is not None
+
+
+def require_rapidocr() -> None:
+    """Raise ``TextUnavailable`` (one line: what to install) where rapidocr is missing."""
+    if not rapidocr_available():
+        raise TextUnavailable(f"--text reads poster text with rapidocr, which is not installed: {INSTALL_HINT}")
+
+
+@dataclass(frozen=True)
+class OcrSettings:
+    """How posters are read. The defaults cost 0.16 s min, 0.48 s median a poster on one thread
+    (docs/text.md): detection at 320 px on the short side (rapidocr's default, 736 px with the
+    direction classifier, costs ~5x more on 182x268 posters for about the same words), no
+    text-direction classifier, boxes under 0.7 confidence dropped (mostly the credit block)."""
+
+    det_side: int = 320
+    box_thresh: float = 0.7
+    max_side: int = 1024  # larger posters are downscaled first: detection resizes them anyway
+    threads: int = 1
+
+    @property
+    def key(self) -> str:
+        from importlib.metadata import version
+
+        return f"rapidocr{version('rapidocr')}-det{self.det_side}-box{self.box_thresh}-max{self.max_side}"
+
+
+Reader = Callable[[np.ndarray], str]
+
+
+def ocr_reader(settings: OcrSettings) -> Reader:
+    """rapidocr on an RGB uint8 array -> the poster's words, in reading order, one string."""
+    require_rapidocr()
+    from rapidocr import RapidOCR
+
+    engine = RapidOCR(params={
+        "Global.log_level": "error", "Global.use_cls": False,
+        "EngineConfig.onnxruntime.intra_op_num_threads": settings.threads,
+        "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+        "Det.limit_side_len": settings.det_side, "Det.box_thresh": settings.box_thresh,
+    })
+
+    def read(rgb: np.ndarray) -> str:
+        result = engine(np.ascontiguousarray(rgb[:, :, ::-1]))  # rapidocr works in BGR, like cv2.imread
+        return " ".join(result.txts or ())
+
+    return read
+
+
+def _pixels(path: str, data: bytes, max_side: int) -> np.ndarray:
+    """The poster as RGB uint8 at its own size (at most ``max_side``), through ``images.decode``'s checks."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        width, height = Image.open(io.BytesIO(data)).size if data else (0, 0)
+    except (UnidentifiedImageError, OSError):
+        raise PosterError(path, "not an image (Pillow cannot identify it)") from None
+    scale = min(1.0, max_side / max(width, height, 1))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(decode(path, data, size), dtype=np.uint8)
+
+
+def _digest(keys: Sequence[str], texts: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps([list(keys), list(texts)], ensure_ascii=False).encode()).hexdigest()
+
+
+class TextCache:
+    """OCR text of one ``OcrSettings``, as chunk files ``<root>/text/<settings key>/*.json``."""
+
+    def __init__(self, root: Path, settings: OcrSettings):
+        self.dir = Path(root) / "text" / settings.key
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _chunks(self) -> list[Path]:
+        return sorted(self.dir.glob("*.json"))
+
+    def load(self) -> dict[str, str]:
+        """Every cached text by content key; a chunk that fails its checksum is ignored with a warning."""
+        table: dict[str, str] = {}
+        for chunk in self._chunks():
+            try:
+                body = json.loads(chunk.read_text(encoding="utf-8"))
+                keys, texts = body["keys"], body["texts"]
+                if len(keys) != len(texts) or body["sha256"] != _digest(keys, texts):
+                    raise ValueError("checksum mismatch")
+            except Exception as err:  # a damaged chunk only costs its own posters: they are read again
+                log.warning("ignoring damaged text cache file %s (%s); its posters will be read again", chunk, err)
+                continue
+            table.update(zip(keys, texts))
+        return table
+
+    def add(self, keys: Sequence[str], texts: Sequence[str]) -> None:
+        """Store texts atomically (a partial file never looks complete), with their checksum."""
+        if not keys:
+            return
+        name = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        tmp = self.dir / f".{name}.tmp"
+        try:
+            body = {"keys": list(keys), "texts": list(texts), "sha256": _digest(keys, texts)}
+            tmp.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+            os.replace(tmp, self.dir / f"{name}.json")
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class PosterTexts:
+    """OCR text for a list of poster files; ``None`` where the file could not be read."""
+
+    paths: list[str]
+    texts: list[str | None]
+    keys: list[str | None] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # path -> reason
+    computed: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([t is not None for t in self.texts], dtype=bool)
+
+
+def read_texts(paths: Sequence[str | Path], cache_dir: Path, settings: OcrSettings = OcrSettings(),
+               reader: Reader | None = None, batch_size: int = 16, progress: bool = True,
+               use_cache: bool = True) -> PosterTexts:
+    """The text printed on each poster, from the cache where possible (OCR only for new images).
+
+    ``use_cache=False`` neither reads nor writes the cache (in-memory images, as for embeddings)."""
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    paths = [str(p) for p in paths]
+    cache = TextCache(Path(cache_dir), settings) if use_cache else None
+    known = cache.load() if cache else {}
+    keys: list[str | None] = []
+    errors: dict[str, str] = {}
+    todo: dict[str, list[int]] = {}  # new images, each read once however many files hold it
+    data: dict[str, bytes] = {}  # their bytes (only theirs: cached posters are only hashed)
+    for i, path in enumerate(paths):
+        try:
+            raw = read_poster_bytes(path)
+        except PosterError as err:
+            keys.append(None)
+            errors[path] = err.reason
+            continue
+        keys.append(content_hash(raw))
+        if keys[-1] not in known:
+            todo.setdefault(keys[-1], []).append(i)
+            data.setdefault(keys[-1], raw)
+    texts: list[str | None] = [known.get(k) if k else None for k in keys]
+    cached = sum(t is not None for t in texts)
+    if todo:
+        reader = reader or ocr_reader(settings)
+        bar = tqdm(total=len(todo), desc="reading poster text", unit="poster", disable=not progress)
+        done_keys, done_texts = [], []
+        for key, rows in todo.items():
+            path = paths[rows[0]]
+            try:
+                text = reader(_pixels(path, data.pop(key), settings.max_side))
+            except Exception as err:  # noqa: BLE001  a bad poster costs itself, never the batch
+                reason = getattr(err, "reason", None) or f"cannot read its text ({type(err).__name__}: {err})"
+                errors.update({paths[r]: reason for r in rows})
+                bar.update()
+                continue
+            for r in rows:
+                texts[r] = text
+            done_keys.append(key)
+            done_texts.append(text)
+            if len(done_keys) >= batch_size and cache:
+                cache.add(done_keys, done_texts)
+                done_keys, done_texts = [], []
+            bar.update()
+        if cache:
+            cache.add(done_keys, done_texts)
+        bar.close()
+    for path, reason in errors.items():
+        log.warning("skipped %s: %s", path, reason)
+    computed = sum(texts[rows[0]] is not None for rows in todo.values())
+    return PosterTexts(paths, texts, keys, errors, computed, cached, time.perf_counter() - start)
