@@ -59,3 +59,23 @@ def test_page_shows_genres_score_heat_map_and_similar_posters(browser, trained_m
         assert len(posters) >= 5 and all("/api/poster/" in img.get_attribute("src") for img in posters)
         assert browser.find_element(By.ID, "status").text == ""
         assert not browser.find_element(By.ID, "url-form").is_displayed()  # URL fetching is off
+
+
+def test_the_released_models_similar_movies_show_posters_anywhere(browser, shared_cache, sample_dir, tmp_path):
+    """The released model carries its training posters' thumbnails: with no catalogue on this machine
+    (no ``../shared``: its recorded catalogue is made unreadable here), every similar movie has a poster."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    predictor = posterlens.load(None, shared_cache)
+    predictor.__dict__["poster_files"] = {}  # as on a machine without the training catalogue
+    with serve.background(serve.create_app(predictor)) as url:
+        browser.get(url)
+        browser.find_element(By.ID, "file").send_keys(str(sample_dir / "images" / "tt0086393.jpg"))
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#similar img")) >= 5)
+        wait.until(lambda b: all(img.get_property("complete") for img in b.find_elements(By.CSS_SELECTOR, "#similar img")))
+        images = browser.find_elements(By.CSS_SELECTOR, "#similar img")
+        browser.save_screenshot(str(tmp_path / "released.png"))
+        assert all("/api/poster/" in img.get_attribute("src") for img in images)
+        assert all(img.get_property("naturalWidth") > 0 for img in images)

@@ -67,15 +67,17 @@ def test_multilabel_layout(sample_dir):
     assert table["id"][0] == row["Id"] and Path(table["path"][0]).name == f"{row['Id']}.jpg"
 
 
-def test_score_folder(tmp_path, sample_dir):
+def test_score_folder(tmp_path, sample_dir, caplog):
     posters = sorted((sample_dir / "images").iterdir())
     shutil.copy(posters[0], tmp_path / "Inception_8.8.jpg")
     shutil.copy(posters[1], tmp_path / "6.1_76240.jpg")
     table = read_catalog(tmp_path)
     assert dict(zip(table["title"], table["score"])) == {"76240": 6.1, "Inception": 8.8}
     (tmp_path / "no_score_here.jpg").write_bytes(b"x")
-    with pytest.raises(CatalogError, match="no_score_here.jpg: no score in the file name"):
-        read_catalog(tmp_path)
+    with caplog.at_level("WARNING"):
+        table = read_catalog(tmp_path)  # an ordinary poster folder embeds and predicts
+    assert table.set_index("title")["score"].isna().to_dict() == {"76240": False, "Inception": False, "no score here": True}
+    assert "1 of 3 posters have no score from 0 to 10 in their file name (no_score_here.jpg)" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -232,5 +234,4 @@ def test_score_is_the_last_number_in_a_file_name(tmp_path, sample_dir):
     assert dict(zip(table["title"], table["score"])) == {
         "8 Mile (2002)": 7.1, "76240": 6.1, "2001 A Space Odyssey": 8.3}
     shutil.copy(poster, tmp_path / "Blade_Runner_2049.jpg")
-    with pytest.raises(CatalogError, match="Blade_Runner_2049.jpg: score 2049 in the file name is not between 0 and 10"):
-        read_catalog(tmp_path)
+    assert read_catalog(tmp_path).set_index("title")["score"].isna()["Blade Runner 2049"]  # 2049 is no score

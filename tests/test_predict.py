@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 import posterlens
 from posterlens.app import outputs
 from posterlens.app.cli import app
+from posterlens.data.images import scan_folder
 from posterlens.models.directory import ModelError
 from posterlens.workflows import predict
 
@@ -76,7 +78,7 @@ def test_in_memory_images_are_not_cached(predictor, posters, shared_cache):
 
 def test_unreadable_images_are_listed_and_warned_about(predictor, folder):
     with pytest.warns(UserWarning, match="4 of 9 images could not be read"):
-        table = predictor.predict([*outputs.image_files(folder), np.zeros((4, 4), np.float64)])
+        table = predictor.predict([*scan_folder(folder), np.zeros((4, 4), np.float64)])
     errors = table.attrs["errors"]
     assert list(errors.columns) == ["file", "reason"] and len(table) == 5
     names = [f.rsplit("/", 1)[-1] for f in errors["file"]]
@@ -100,7 +102,7 @@ def test_load_without_a_path_uses_the_released_model(trained_model, tmp_path, mo
 
 def test_csv_files_have_the_documented_columns(predictor, folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    result = predictor.predict(outputs.image_files(folder), warn=False)
+    result = predictor.predict(scan_folder(folder), warn=False)
     outputs.write(result, out)
     score = pd.read_csv(out / "predictions_score.csv")
     genre = pd.read_csv(out / "predictions_genre.csv")
@@ -177,12 +179,13 @@ def test_similar_movies_are_ordered_and_exclude_the_query(predictor, trained_mod
     assert [Path(p).name for p in found["poster"]] == [f"{i}.jpg" for i in found["id"]]  # from the recorded catalogue
     assert found["similarity"].is_monotonic_decreasing
     assert training["id"][0] not in set(found["id"])  # a poster is not its own neighbour
-    # the order is the cosine order in the genre space
+    # the order is the cosine order in the genre space, centred on the training posters' mean
+    centre = predictor.index.centre
     emb = predictor.embed([poster])
-    query = predictor.model.genre_proba(emb.features)[0]
+    query = predictor.model.genre_proba(emb.features)[0] - centre
     keys = dict(zip(training["id"], training["key"]))
     others = predictor.embed([sample_dir / "images" / f"{i}.jpg" for i in found["id"]])
-    vectors = predictor.model.genre_proba(others.features)
+    vectors = predictor.model.genre_proba(others.features) - centre
     cosine = vectors @ query / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(query))
     assert np.allclose(cosine, found["similarity"], atol=1e-4)
     assert all(i in keys for i in found["id"])
@@ -252,3 +255,20 @@ def test_evaluate_reports_similar_quality(trained_model, sample_dir, shared_cach
     metrics = evaluate(trained_model, sample_dir / "MovieGenre.csv", None, tmp_path, shared_cache, progress=False).metrics
     assert 0 <= metrics["similar"]["genre_precision_at_10"] <= 1
     assert 0 < metrics["similar"]["baseline"] < 1
+
+
+def test_a_folder_scan_reports_what_is_not_a_poster(tmp_path, sample_dir):
+    """A FIFO, or a folder named like a poster, is listed in errors.csv with why; it never hangs the scan."""
+    folder = tmp_path / "posters"
+    folder.mkdir()
+    shutil.copy(sorted((sample_dir / "images").glob("*.jpg"))[0], folder / "good.jpg")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "dir.jpg").mkdir()
+    (folder / "notes.txt").write_text("not a poster")
+    result = CliRunner().invoke(app, ["predict", "-i", str(folder), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "1 poster predicted, 2 could not be read" in " ".join(result.output.split())
+    errors = pd.read_csv(tmp_path / "out" / "errors.csv")
+    reasons = dict(zip(errors["file"].map(lambda f: Path(f).name), errors["reason"]))
+    assert set(reasons) == {"pipe.jpg", "dir.jpg"}
+    assert "FIFO" in reasons["pipe.jpg"] and "folder" in reasons["dir.jpg"]

@@ -46,7 +46,8 @@ def test_predict_gives_genres_score_and_similar_movies(client, predictor, poster
     assert "tt0085154" not in [m["id"] for m in body["similar"]]  # a training poster never matches itself
     assert all(m["has_poster"] for m in body["similar"])
     first = body["similar"][0]
-    assert client.get(f"/api/poster/{first['id']}").headers["content-type"] == "image/jpeg"
+    thumb = client.get(f"/api/poster/{first['id']}")  # the thumbnail the model carries
+    assert thumb.headers["content-type"] == "image/webp" and Image.open(io.BytesIO(thumb.content)).size == (48, 72)
 
 
 @pytest.mark.parametrize("data, name, status, code, words", [

@@ -109,9 +109,16 @@ def test_read_config_rejects_bad_files(tmp_path, content, message):
 
 def test_candidates_start_with_the_defaults():
     grid = {"model__wd": [1.0, 3.0, 10.0], "model__hidden": [0, 64]}
-    assert tune.candidates(grid, None, 0)[0] == {} and len(tune.candidates(grid, None, 0)) == 7
+    assert tune.candidates(grid, 100, 0)[0] == {} and len(tune.candidates(grid, 100, 0)) == 7  # the whole grid
     drawn = tune.candidates(grid, 2, 0)
     assert drawn[0] == {} and len(drawn) == 3
+
+
+def test_a_huge_grid_is_counted_and_drawn_from_never_listed():
+    """Ten settings of nine values each: 3.5 billion configurations, never listed."""
+    grid = {f"model__p{i}": list(range(9)) for i in range(10)}
+    drawn = tune.candidates(grid, 12, 0)
+    assert drawn[0] == {} and len(drawn) == 13 and len({tuple(sorted(c.items())) for c in drawn[1:]}) == 12
 
 
 def test_restrict_renumbers_folds():

@@ -178,6 +178,11 @@ def fetch(
         raise typer.Exit(code=1)
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 poster``, ``2 posters``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _set(options: dict) -> dict:
     """The options the user set (an option left out falls through to the dataclass's default)."""
     return {k: v for k, v in options.items() if v is not None}
@@ -209,6 +214,10 @@ def train(
                                                    f"default: {_default('score_mode')})"),
     min_genre_count: Optional[int] = typer.Option(None, help="leave out genres with fewer training posters "
                                                   f"(default: {_default('min_genre_count')})"),
+    thumbnails: Optional[bool] = typer.Option(None, "--thumbnails/--no-thumbnails",
+                                              help="keep a 48x72 WebP thumbnail of each training poster in the model "
+                                                   "(about 1 KB each), so similar movies show posters anywhere "
+                                                   "(default: on)"),
     text: Optional[bool] = typer.Option(None, "--text/--no-text",
                                         help="also read the text printed on each poster (rapidocr: pip install "
                                              "'posterlens[text]') and fuse text genre and score models with the image ones: "
@@ -225,7 +234,7 @@ def train(
 
         settings = TrainConfig.from_file(config_file) if config_file else {}
         given = _set({"folds": folds, "holdout": holdout, "refit": refit, "seed": seed, "min_genre_count": min_genre_count,
-                      "score_mode": score_mode.value if score_mode else None, "text": text,
+                      "score_mode": score_mode.value if score_mode else None, "text": text, "thumbnails": thumbnails,
                       "backbones": _backbones(backbone) if backbone else None, "weights": str(weights) if weights else None})
         config = TrainConfig(**{**settings, **given,
                                 "genre": {**settings.get("genre", {}), **({"epochs": epochs} if epochs else {})}})
@@ -240,8 +249,10 @@ def train(
         with console.status("fitting the genre and score models: validation, then the final fit..."):
             result = run(catalog, images, out, config, cache, progress=False, data=data)
     model = result.model
-    console.print(f"model: [bold]{out}[/bold] ({len(model.genres)} genres, score: {model.score_mode}, "
-                  f"trained on {model.info['n_train']} posters; validated on {model.info['evaluated_on']})")
+    held = {"genres and score": f"{len(model.genres)} genres, score: {model.score_mode}",
+            "genres only": f"{len(model.genres)} genres, no score model", "score only": f"score only: {model.score_mode}"}
+    console.print(f"model: [bold]{out}[/bold] ({held[model.kind]}, trained on {_count(model.info['n_train'], 'poster')}; "
+                  f"validated on {model.info['evaluated_on']})")
     seconds = {**result.seconds, "embed": embedded, "total": embedded + result.seconds["total"]}
     console.print(f"time ({len(data)} posters): " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     if result.validation:
@@ -283,13 +294,14 @@ def predict(
     with _user_errors(FileNotFoundError):
         from posterlens.app import outputs
         from posterlens.data import catalog as catalogs
+        from posterlens.data.images import scan_folder
         from posterlens.workflows import predict as predicting
 
         table = catalogs.read_catalog(catalog, images) if catalog is not None else None
         if table is not None:
             poster_files = table["path"].tolist()
         elif images is not None:
-            poster_files = outputs.image_files(images)
+            poster_files = scan_folder(images)
         elif files:
             poster_files = files
         else:
@@ -302,7 +314,7 @@ def predict(
     for file, reason in result.attrs["errors"].itertuples(index=False):
         console.print(f"could not read {file}: {reason}", soft_wrap=True)
     files = f" -> {', '.join(str(p) for p in written.values())}" if written else ""
-    console.print(f"{len(result)} posters predicted, {len(result.attrs['errors'])} could not be read{files}",
+    console.print(f"{_count(len(result), 'poster')} predicted, {len(result.attrs['errors'])} could not be read{files}",
                   soft_wrap=True)
     if result.empty:
         raise typer.Exit(code=1)
@@ -372,7 +384,10 @@ def tune(
     out: Path = typer.Option(..., "--out", "-o", help="folder for tune.csv, tune.md, the figures and best.json"),
     space: str = typer.Option("heads", "--space", help="heads, features, cnn, or a YAML/JSON file of parameter lists"),
     folds: int = typer.Option(5, min=2, help="K-fold cross-validation (iterative stratification)"),
-    budget: Optional[int] = typer.Option(None, min=1, help="configurations drawn at random per model (default: the whole grid)"),
+    budget: Optional[int] = typer.Option(None, min=1, max=100_000, help="configurations drawn at random per model, "
+                                         "besides today's defaults (default: 12; 4 with --quick)"),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", min=0.1, max=10_000,
+                                               help="minutes: no configuration starts past this"),
     quick: bool = typer.Option(False, "--quick", help="a sample of the posters, 2 epochs, small built-in grids"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
@@ -380,7 +395,8 @@ def tune(
     with _user_errors():
         from posterlens.workflows.tune import tune as run
 
-        table = run(catalog, images, out, _cache(cache), space=space, folds=folds, budget=budget, quick=quick)
+        table = run(catalog, images, out, _cache(cache), space=space, folds=folds, budget=budget, quick=quick,
+                    time_limit=time_limit)
     best = table[table["rank"] == 1]
     _out().print(best[["model", "settings"]].to_string(index=False))
     console.print(f"ranking and intervals: {out / 'tune.md'}; train with it: posterlens train --config {out / 'best.json'}")

@@ -1,8 +1,10 @@
 """The prediction files, in the original design's formats, from ``Predictor.predict``'s table.
 
-``predictions_score.csv`` (``file,label``), ``predictions_genre.csv``
-(``file,predicted_labels,raw_probs``), ``predictions_final.csv`` (both merged on the file)
-and ``errors.csv`` (``file,reason``); each written atomically (``safeio``).
+``predictions_score.csv`` (``file,label``; from a model with a score model),
+``predictions_genre.csv`` (``file,predicted_labels,raw_probs``; from a model with genres),
+``predictions_final.csv`` (those merged on the file) and ``errors.csv`` (``file,reason``);
+each written atomically (``safeio``). A score-only model (trained on a folder of
+``Title_8.8.jpg`` posters) writes the original project's score file and no genre file.
 """
 
 from __future__ import annotations
@@ -14,30 +16,29 @@ import pandas as pd
 
 from posterlens import safeio
 
-__all__ = ["image_files", "part_tables", "merge_tables", "write_parts", "merge_files", "final_table", "write"]
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Every file in a folder that may be a poster (bad ones are reported, not skipped)."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() not in {".csv", ".json", ".txt", ".md"})
+__all__ = ["part_tables", "merge_tables", "write_parts", "merge_files", "final_table", "write"]
 
 
 def part_tables(predictions: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Score, genre and error tables in the original formats, from ``Predictor.predict``'s table."""
     t, genres = predictions, predictions.attrs["genres"]
-    score = pd.DataFrame({"file": t["file"], "label": t["score"].round(1)})
-    genre = pd.DataFrame({
-        "file": t["file"],
-        "predicted_labels": ["|".join(g) for g in t["genres"]],
-        "raw_probs": [json.dumps({g: round(float(p), 4) for g, p in zip(genres, row)}, separators=(",", ":"))
-                      for row in t[genres].itertuples(index=False)],
-    })
-    return {"predictions_score.csv": score, "predictions_genre.csv": genre, "errors.csv": predictions.attrs["errors"]}
+    parts = {}
+    if predictions.attrs.get("has_score", True):
+        parts["predictions_score.csv"] = pd.DataFrame({"file": t["file"], "label": t["score"].round(1)})
+    if genres:
+        parts["predictions_genre.csv"] = pd.DataFrame({
+            "file": t["file"],
+            "predicted_labels": ["|".join(g) for g in t["genres"]],
+            "raw_probs": [json.dumps({g: round(float(p), 4) for g, p in zip(genres, row)}, separators=(",", ":"))
+                          for row in t[genres].itertuples(index=False)],
+        })
+    return {**parts, "errors.csv": predictions.attrs["errors"]}
 
 
-def merge_tables(score: pd.DataFrame, genre: pd.DataFrame) -> pd.DataFrame:
-    """``predictions_final.csv``: the score and genre tables merged on the file."""
+def merge_tables(score: pd.DataFrame | None, genre: pd.DataFrame | None) -> pd.DataFrame:
+    """``predictions_final.csv``: the score and genre tables merged on the file (either may be absent)."""
+    if score is None or genre is None:
+        return (genre if score is None else score.rename(columns={"label": "score"})).reset_index(drop=True)
     return score.rename(columns={"label": "score"}).merge(genre, on="file", how="outer", validate="one_to_one")
 
 
@@ -49,8 +50,9 @@ def write_parts(predictions: pd.DataFrame, out: Path) -> dict[str, Path]:
 
 def merge_files(out: Path) -> Path:
     """Merge ``predictions_score.csv`` and ``predictions_genre.csv`` in ``out`` into ``predictions_final.csv``."""
-    score = pd.read_csv(out / "predictions_score.csv", dtype={"file": str})
-    genre = pd.read_csv(out / "predictions_genre.csv", dtype={"file": str}, keep_default_na=False)
+    score, genre = out / "predictions_score.csv", out / "predictions_genre.csv"
+    score = pd.read_csv(score, dtype={"file": str}) if score.is_file() else None
+    genre = pd.read_csv(genre, dtype={"file": str}, keep_default_na=False) if genre.is_file() else None
     return safeio.write_csv(merge_tables(score, genre), out / "predictions_final.csv")
 
 
@@ -59,7 +61,7 @@ def final_table(predictions: pd.DataFrame, catalog: pd.DataFrame | None = None, 
     catalogue (its ``path,id,title``), ``similar`` when predicted, and with ``wide`` one
     probability column a genre."""
     parts = part_tables(predictions)
-    final = merge_tables(parts["predictions_score.csv"], parts["predictions_genre.csv"])
+    final = merge_tables(parts.get("predictions_score.csv"), parts.get("predictions_genre.csv"))
     if catalog is not None:
         names = catalog.assign(file=catalog["path"].astype(str))[["file", "id", "title"]].drop_duplicates("file")
         final = final.merge(names, on="file", how="left")

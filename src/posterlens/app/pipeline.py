@@ -194,9 +194,9 @@ def evaluate_model(config: PipelineConfig) -> dict:
 
     result = evaluate.evaluate(config.model_dir, Path(config.catalog), Path(config.images), config.report_dir,
                                config.cache_dir, progress=False)
-    genre, score = result.metrics["genre"], result.metrics["score"] or {}
-    return {"report": str(result.report), "macro_map": genre["macro_map"], "micro_f1": genre["micro_f1"],
-            "macro_f1": genre["macro_f1"], "score_mae": score.get("mae")}
+    genre, score = result.metrics["genre"] or {}, result.metrics["score"] or {}
+    return {"report": str(result.report), "macro_map": genre.get("macro_map"), "micro_f1": genre.get("micro_f1"),
+            "macro_f1": genre.get("macro_f1"), "score_mae": score.get("mae")}
 
 
 def holdout_posters(config: PipelineConfig) -> list[str]:
@@ -232,14 +232,15 @@ def summarise(config: PipelineConfig) -> dict:
     manifests = sorted(config.manifests_dir.glob("fetch-*.csv"))
     fetched = pd.concat([pd.read_csv(m) for m in manifests]) if manifests else pd.DataFrame({"status": []})
     final = pd.read_csv(config.predictions_dir / "predictions_final.csv", keep_default_na=False)
-    genres = pd.Series([g for labels in final["predicted_labels"] for g in labels.split("|") if g])
+    labels = final["predicted_labels"] if "predicted_labels" in final else []  # none from a score-only model
+    genres = pd.Series([g for names in labels for g in names.split("|") if g], dtype=str)
     metrics = json.loads((config.report_dir / "metrics.json").read_text())
     summary = {
         "fetch": fetched["status"].value_counts().to_dict(),
         "test_images": len(final),
-        "mean_predicted_score": round(float(final["score"].mean()), 2) if len(final) else None,
+        "mean_predicted_score": round(float(final["score"].mean()), 2) if len(final) and "score" in final else None,
         "predicted_genres": genres.value_counts().head(10).to_dict(),
-        "macro_map": metrics["genre"]["macro_map"],
+        "macro_map": (metrics.get("genre") or {}).get("macro_map"),
         "score_mae": (metrics.get("score") or {}).get("mae"),
         "report": str(config.report_dir / "report.html"),
         "predictions": str(config.predictions_dir / "predictions_final.csv"),

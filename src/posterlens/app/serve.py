@@ -7,8 +7,9 @@ loads one and serves it on 127.0.0.1. Endpoints:
 - ``POST /api/predict`` (multipart ``image``, or ``url`` when URL fetching is on): genres,
   probabilities, score and similar movies;
 - ``POST /api/explain`` (same input, optional ``genres``): a heat map per genre (``explain.py``);
-- ``GET /api/health``; ``GET /api/poster/{id}``: a training poster, when the model's catalogue
-  names its file; OpenAPI at ``/docs``.
+- ``GET /api/health``; ``GET /api/poster/{id}``: a training poster's thumbnail, which the model
+  carries (``train --thumbnails``, the default), else its file where the model's catalogue names
+  one; OpenAPI at ``/docs``.
 
 Uploads are capped while they are read (``max_upload_bytes``), must be an image Pillow
 identifies in ``ALLOWED_FORMATS`` and at most ``max_pixels`` pixels (read from the header,
@@ -153,15 +154,19 @@ async def poster_from(request, limits: Limits) -> tuple[bytes, dict]:
 
 # --- the model ----------------------------------------------------------------------------------
 
-def similar_movies(predictor, P: np.ndarray, key: str, k: int) -> list[dict]:
-    """The ``k`` training movies closest to genre probabilities ``P`` (one row), with ``has_poster``."""
+def similar_movies(predictor, vector: np.ndarray, key: str, k: int) -> list[dict]:
+    """The ``k`` training movies closest to one poster's ``vector`` in the model's similar-movies
+    space (``PosterModel.space``: its genre probabilities), with ``has_poster``."""
     if predictor.index is None or k <= 0:
         return []
-    found = predictor.index.query(P[None].astype(np.float32), k, exclude=[key])[0]
-    posters = predictor.poster_files  # id -> poster file, from the catalogue the model records
+    found = predictor.index.query(vector[None].astype(np.float32), k, exclude=[key])[0]
+
+    def has_poster(movie_id: str) -> bool:
+        return bool(predictor.index.thumbnail(movie_id)) or bool(predictor.poster_files.get(movie_id))
+
     return [{"id": str(row.id), "title": row.title, "genres": [g for g in str(row.genres).split("|") if g],
              "score": None if pd_isna(row.score) else round(float(row.score), 1),
-             "similarity": round(float(row.similarity), 4), "has_poster": bool(posters.get(str(row.id)))}
+             "similarity": round(float(row.similarity), 4), "has_poster": has_poster(str(row.id))}
             for row in found.itertuples(index=False)]
 
 
@@ -182,8 +187,8 @@ def predict_one(predictor, data: bytes, k: int = SIMILAR) -> dict:
     score = float(row["score"])
     return {"genres": list(row["genres"]), "probabilities": {g: round(float(p), 4) for g, p in zip(genres, P)},
             "thresholds": {g: round(float(t), 4) for g, t in zip(genres, predictor.model.thresholds)},
-            "score": None if np.isnan(score) else round(score, 2),
-            "similar": similar_movies(predictor, P, content_hash(data), k)}
+            "score": None if np.isnan(score) else round(score, 2), "kind": predictor.model.kind,
+            "similar": similar_movies(predictor, table.attrs["space"][0], content_hash(data), k)}
 
 
 def data_url(png: bytes) -> str:
@@ -194,6 +199,8 @@ def explain_one(predictor, data: bytes, genres: list[str] | None, limits: Limits
     """Heat maps of one checked image: overlays as PNG data URLs, raw maps on request."""
     from posterlens.workflows.explain import explainer_for
 
+    if predictor.model.genre_model is None:
+        raise ApiError(422, "no_genre_model", "this is a score-only model: it has no genres to explain")
     try:
         result = explainer_for(predictor).explain(data, genres or None, limits.max_pixels)
     except ValueError as err:  # unknown genre, or a PosterError
@@ -213,7 +220,7 @@ def create_app(predictor, allow_url_fetch: bool = False, max_upload_bytes: int =
                max_pixels: int = MAX_PIXELS, similar: int = SIMILAR):
     """The FastAPI app around one loaded ``Predictor`` (never reloaded; one model call at a time)."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
 
@@ -263,8 +270,11 @@ def create_app(predictor, allow_url_fetch: bool = False, max_upload_bytes: int =
         return await run_in_threadpool(locked, explain_lock, explain_one, predictor, data, genres, limits, maps)
 
     @app.get("/api/poster/{movie_id}")
-    def poster(movie_id: str) -> FileResponse:
-        """The poster file of a training movie (looked up by id in the model's catalogue)."""
+    def poster(movie_id: str) -> Response:
+        """A training movie's poster: its thumbnail in the model, else its file in the model's catalogue."""
+        thumb = predictor.index.thumbnail(movie_id) if predictor.index is not None else b""
+        if thumb:
+            return Response(thumb, media_type="image/webp", headers={"Cache-Control": "max-age=86400"})
         path = predictor.poster_files.get(movie_id)
         if not path or not Path(path).is_file():
             raise ApiError(404, "no_poster", f"no poster file for {movie_id!r}")

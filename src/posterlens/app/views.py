@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 __all__ = ["validation_table", "metrics_table", "predictions_table"]
 
 VALIDATION_ROWS = {"genre": ("macro_map", "macro_f1", "micro_f1", "samples_f1", "macro_roc_auc", "genres_per_poster"),
-                   "score": ("mae", "spearman")}
+                   "score": ("mae", "spearman", "accuracy")}
 # what a figure is read against, where train's validation has it: (group, figure) -> (its key, what it is)
 REFERENCES = {("genre", "genres_per_poster"): ("true_genres_per_poster", "true"),
               ("score", "mae"): ("baseline_mae", "predicting the mean")}
@@ -49,17 +49,21 @@ def validation_table(validation: dict) -> Table:
 
 def metrics_table(metrics: dict) -> Table:
     """Evaluate's figures next to the top-2-constant and priors baselines."""
-    genre = metrics["genre"]
-    base = genre["baselines"]
-    table = Table(title=f"{metrics['n_posters']} unseen posters, {metrics['n_genres']} genres")
+    genre = metrics.get("genre")
+    held = f"{metrics['n_genres']} genres" if genre else metrics.get("kind", "score only")
+    table = Table(title=f"{metrics['n_posters']} unseen posters, {held}")
     for column in ("metric", "model", "top-2 constant", "priors"):
         table.add_column(column, justify="right", overflow="fold")
-    for name in ("macro_map", "macro_f1", "micro_f1", "macro_roc_auc", "binary_accuracy", "hamming_loss", "ece"):
-        table.add_row(name, f"{genre[name]:.4f}", f"{base['top2_constant'][name]:.4f}", f"{base['priors'][name]:.4f}")
+    if genre:
+        base = genre["baselines"]
+        for name in ("macro_map", "macro_f1", "micro_f1", "macro_roc_auc", "binary_accuracy", "hamming_loss", "ece"):
+            table.add_row(name, f"{genre[name]:.4f}", f"{base['top2_constant'][name]:.4f}", f"{base['priors'][name]:.4f}")
     if metrics.get("score"):
         score = metrics["score"]
         table.add_row("score MAE", f"{score['mae']:.4f}", "", f"{score['baseline_mae']:.4f} (mean)")
         table.add_row("score Spearman", f"{score['spearman']:.4f}", "", "")
+        if "accuracy" in score:
+            table.add_row("score class accuracy", f"{score['accuracy']:.4f}", "", "")
     return table
 
 

@@ -81,30 +81,37 @@ def read_catalog(source: str | Path, images: str | Path | None = None, require_p
 
 
 def read_score_folder(folder: str | Path) -> pd.DataFrame:
-    """Posters whose score is in the file name; genres are unknown (empty lists)."""
+    """A folder of posters: genres unknown (empty lists), the score from each file name where it
+    holds one (``Inception_8.8.jpg``), else NaN with one warning: such posters can be embedded and
+    predicted, not used to train or evaluate a score model."""
     folder = Path(folder)
-    rows = []
+    rows, unscored = [], []
     for path in sorted(p for p in folder.iterdir()
                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")):
         title, score = _parse_score_name(path)
+        if math.isnan(score):
+            unscored.append(path.name)
         rows.append({"id": path.stem, "title": title, "genres": [], "score": score, "path": str(path), "url": None})
     if not rows:
         raise CatalogError(f"{folder}: no poster images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+    if unscored:
+        log.warning("%s: %d of %d posters have no score from 0 to 10 in their file name (%s): they can be embedded "
+                    "and predicted, not used to train or evaluate a score model (%s)", folder, len(unscored), len(rows),
+                    ", ".join(unscored[:3]) + (", ..." if len(unscored) > 3 else ""), _NAME_HELP)
     table = movie_table(rows)
     _check_unique_ids(table, folder, lambda i: f"file {table.path[i]}")
     return table
 
 
 def _parse_score_name(path: Path) -> tuple[str, float]:
-    """Title and score from a file name: its last number, else its first (``6.1_76240``)."""
+    """Title and score from a file name: its last number, else its first (``6.1_76240``), where it is
+    from 0 to 10; else the whole name and NaN."""
     found = [(m["title"], float(m["score"])) for m in
              (pattern.match(path.stem) for pattern in (_TRAILING_SCORE, _LEADING_SCORE)) if m]
     for title, score in found:
         if 0 <= score <= 10:
             return title.replace("_", " "), score
-    if found:
-        raise CatalogError(f"{path}: score {found[0][1]:g} in the file name is not between 0 and 10 ({_NAME_HELP})")
-    raise CatalogError(f"{path}: no score in the file name ({_NAME_HELP})")
+    return path.stem.replace("_", " "), math.nan
 
 
 # --------------------------------------------------------------------------- CSV text

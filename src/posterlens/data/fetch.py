@@ -56,10 +56,10 @@ import httpx
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from posterlens.data import http
 from posterlens.errors import OutputError
+from posterlens.progress import progress as progress_bar
 from posterlens.safeio import remove_stale_temps, write_csv
 from posterlens.settings import Choice, Range, check
 
@@ -309,8 +309,8 @@ async def _fetch_one(
     rng: random.Random,
 ) -> FetchResult:
     """Make ``out_dir/{movie_id}.jpg`` valid (cached or downloaded) or report why not."""
-    if not _ID_RE.fullmatch(movie_id):
-        return FetchResult(movie_id, "invalid_id", final_url=url or "")
+    if not _ID_RE.fullmatch(movie_id):  # not a file name fetch would write (nothing to fetch without a URL)
+        return FetchResult(movie_id, "no_url" if url is None else "invalid_id", final_url=url or "")
     dest = _final_path(out_dir, movie_id)
     if dest.exists():
         if await asyncio.to_thread(validate_image, dest, config.max_pixels) == "ok":
@@ -399,7 +399,7 @@ async def _run(
     rng = random.Random()
     ssl_context = httpx.create_ssl_context()  # loading CA certificates is slow: do it once
 
-    async def worker(bar: tqdm) -> None:
+    async def worker(bar) -> None:
         async with http.client(ssl_context, config) as client:
             for position, (movie_id, url) in pending:  # shared iterator: each job taken once
                 results[position] = await _fetch_one(client, movie_id, url, out_dir, config, rng)
@@ -407,7 +407,7 @@ async def _run(
                 if len(results) % config.manifest_every == 0:
                     write_manifest(_ordered(results), manifest)
 
-    with tqdm(total=len(jobs), desc="posters", unit="poster", disable=not progress) as bar:
+    with progress_bar(len(jobs), "posters", "poster", progress) as bar:
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(min(config.concurrency, len(jobs))):

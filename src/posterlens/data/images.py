@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from posterlens.errors import PosterError
 
 __all__ = ["PosterError", "MAX_PIXELS", "MAX_FILE_BYTES", "DRAFT_SIZE", "content_hash", "decode", "decode_sizes",
-           "to_8bit", "read_poster_bytes"]
+           "to_8bit", "read_poster_bytes", "scan_folder", "IMAGE_SUFFIXES"]
 
 MAX_PIXELS = 40_000_000  # larger images are refused as decompression bombs
 MAX_FILE_BYTES = 50_000_000  # larger poster files are refused before they are read
@@ -155,3 +155,25 @@ def _read_capped(path: Path, real: Path, max_bytes: int) -> bytes:
     if len(data) > max_bytes:  # grew since the fstat
         raise PosterError(path, f"over the {max_bytes:,} byte limit for a poster")
     return data
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+NOT_POSTERS = {".csv", ".json", ".txt", ".md"}  # files a poster folder often holds beside its posters
+
+
+def scan_folder(folder: str | Path) -> list[Path]:
+    """Every entry of a folder that may be a poster, by name: regular files (except hidden ones and
+    ``NOT_POSTERS``) and anything else named like an image (a FIFO, device or folder called ``x.jpg``),
+    so that reading it reports why it is not a poster instead of leaving it out silently."""
+    found = []
+    for entry in os.scandir(folder):
+        path = Path(entry.path)
+        if entry.name.startswith(".") or path.suffix.lower() in NOT_POSTERS:
+            continue
+        try:
+            regular = entry.is_file(follow_symlinks=True)
+        except OSError:
+            regular = False
+        if regular or path.suffix.lower() in IMAGE_SUFFIXES:
+            found.append(path)
+    return sorted(found)

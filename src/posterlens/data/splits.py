@@ -1,7 +1,7 @@
 """Every way posterlens splits posters, in one place.
 
 Genre splits are multi-label stratified (iterative stratification, so rare genres land in
-every part); score splits are plain shuffled K-fold. Each takes a seed and returns row
+every part); score splits, and any split of posters without genres, are plain shuffled ones. Each takes a seed and returns row
 indices. An estimator records the splits it used (``GenreClassifier.calibration_splits_``)
 so that a model fitted beside it (the text model) reads them instead of rebuilding them.
 """
@@ -20,8 +20,12 @@ Split = tuple[np.ndarray, np.ndarray]  # (train rows, test rows)
 def holdout_split(Y: np.ndarray, fraction: float, seed: int) -> Split:
     """One train/test split, ``fraction`` of the posters in the test part, stratified on ``Y``'s genres."""
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+    from sklearn.model_selection import ShuffleSplit
 
-    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    if Y.shape[1] == 0:  # no genres (a score-only catalogue): a plain shuffled split
+        splitter = ShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    else:
+        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
     train, test = next(splitter.split(np.zeros(len(Y)), Y))
     return np.sort(train), np.sort(test)
 
@@ -40,6 +44,8 @@ def calibration_splits(Y: np.ndarray, folds: int, seed: int) -> list[Split]:
     calibrate a genre model (``GenreClassifier.calibration_folds``)."""
     from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
+    if Y.shape[1] == 0:  # no genres (a score-only catalogue): plain shuffled folds
+        return score_folds(len(Y), folds, seed)
     splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(Y)), Y))
 

@@ -25,6 +25,7 @@ from posterlens.errors import DataError
 from posterlens.features.backbones import Backbone
 from posterlens.features.engines import BATCH_SIZES, INT8, Runner, make_runner, resolve_engine
 from posterlens.features.store import FeatureCache, NoCache
+from posterlens.progress import progress as progress_bar
 
 if TYPE_CHECKING:
     from posterlens.features.ocr import OcrSettings
@@ -143,8 +144,6 @@ def embed(
     once and resized to the input of each backbone that lacks it, and only those backbones run.
     ``runners`` (one per backbone) replace the networks ``engine`` would build.
     """
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
     cache_dir = Path(cache_dir)
     paths = [str(p) for p in paths]
@@ -177,7 +176,7 @@ def embed(
             if runners[j] is None and any(need[j] for _, need in first):
                 runners[j] = make_runner(backbone, cache_dir, engine)
         batches = [first[i:i + batch_size] for i in range(0, len(first), batch_size)]
-        bar = tqdm(total=len(first), desc=f"embedding ({spec.name})", unit="poster", disable=not progress)
+        bar = progress_bar(len(first), f"embedding ({spec.name})", "poster", progress)
         load = lambda batch: _decode_batch(paths, batch, spec, mirror)  # noqa: E731
         for batch, (decoded, failed) in _prefetched(batches, load):
             for row, reason in failed.items():

@@ -25,6 +25,7 @@ import numpy as np
 
 from posterlens.data.images import PosterError, content_hash, decode, read_poster_bytes
 from posterlens.errors import TextUnavailable
+from posterlens.progress import progress as progress_bar
 
 __all__ = ["OcrSettings", "PosterTexts", "TextCache", "TextUnavailable", "INSTALL_HINT", "rapidocr_available",
            "require_rapidocr", "ocr_reader", "read_texts"]
@@ -166,8 +167,6 @@ def read_texts(paths: Sequence[str | Path], cache_dir: Path, settings: OcrSettin
     """The text printed on each poster, from the cache where possible (OCR only for new images).
 
     ``use_cache=False`` neither reads nor writes the cache (in-memory images, as for embeddings)."""
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
     paths = [str(p) for p in paths]
     cache = TextCache(Path(cache_dir), settings) if use_cache else None
@@ -191,7 +190,7 @@ def read_texts(paths: Sequence[str | Path], cache_dir: Path, settings: OcrSettin
     cached = sum(t is not None for t in texts)
     if todo:
         reader = reader or ocr_reader(settings)
-        bar = tqdm(total=len(todo), desc="reading poster text", unit="poster", disable=not progress)
+        bar = progress_bar(len(todo), "reading poster text", "poster", progress)
         done_keys, done_texts = [], []
         for key, rows in todo.items():
             path = paths[rows[0]]

@@ -57,8 +57,8 @@ class PosterModel:
     """Everything needed to go from an embedding to genres and a score."""
 
     features: FeatureSpec
-    genres: list[str]
-    genre_model: GenreHead  # a fitted GenreClassifier's ``head_``
+    genres: list[str]  # empty for a score-only model
+    genre_model: GenreHead | None  # a fitted GenreClassifier's ``head_``; None: no genres to learn from
     score_model: ScoreHead | ScoreClassesHead | None  # None: no scores to learn from
     score_mode: str
     info: dict = field(default_factory=dict)  # training settings, validation, data fingerprint, split...
@@ -71,6 +71,8 @@ class PosterModel:
 
     def image_proba(self, X: np.ndarray) -> np.ndarray:
         """The image model's probabilities alone (``fuse`` adds the text, after mirror averaging)."""
+        if self.genre_model is None:
+            return np.zeros((len(X), 0), dtype=np.float32)
         return self.genre_model.predict_proba(X)
 
     def fuse(self, P_image: np.ndarray, texts: list[str | None] | None) -> np.ndarray:
@@ -83,11 +85,40 @@ class PosterModel:
 
     def genre_labels(self, P: np.ndarray) -> np.ndarray:
         """The label rule (the fusion's where the model has a text part), applied to probabilities already computed."""
+        if self.genre_model is None:
+            return np.zeros((len(P), 0), dtype=np.float32)
         return self.genre_model.labels(P) if self.text is None else self.text.labels(P)
 
     @property
     def thresholds(self) -> np.ndarray:
+        if self.genre_model is None:
+            return np.zeros(0, dtype=np.float32)
         return self.genre_model.thresholds_ if self.text is None else self.text.fusion.rule_.thresholds_
+
+    @property
+    def kind(self) -> str:
+        """``genres and score``, ``genres only`` or ``score only``: what the training data held."""
+        if self.genre_model is None:
+            return "score only"
+        return "genres only" if self.score_model is None else "genres and score"
+
+    @property
+    def space_dim(self) -> int:
+        """The length of ``space``'s vectors (the similar-movies index is built on them)."""
+        if self.genre_model is not None:
+            return len(self.genres)
+        if hasattr(self.score_model, "reduce"):
+            return int(self.score_model.arrays["pca.components_"].shape[0])
+        return len(self.score_model.classes_)
+
+    def space(self, P: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Where similar movies are looked for: the genre probabilities ``P``; for a score-only model,
+        what its score model sees (``ScoreHead.reduce``: standardised, PCA; or its class probabilities)."""
+        if self.genre_model is not None:
+            return P
+        if hasattr(self.score_model, "reduce"):
+            return self.score_model.reduce(X).astype(np.float32)
+        return self.score_model.predict_proba(X).astype(np.float32)
 
     def score(self, X: np.ndarray, texts: list[str | None] | None = None) -> np.ndarray:
         """The score, 0-10; a model whose text part has a score model needs each poster's text, as ``fuse``."""
@@ -145,7 +176,8 @@ def save(model: PosterModel, out: Path, tables: dict[str, pd.DataFrame] | None =
 
 
 def _write(model: PosterModel, out: Path, tables: dict[str, pd.DataFrame], index) -> None:
-    save_arrays(model.genre_model.to_arrays(), out / GENRE_FILE)
+    if model.genre_model is not None:
+        save_arrays(model.genre_model.to_arrays(), out / GENRE_FILE)
     if model.score_model is not None:
         save_arrays(model.score_model.to_arrays(), out / SCORE_FILE)
     for name, table in tables.items():
@@ -159,7 +191,8 @@ def _write(model: PosterModel, out: Path, tables: dict[str, pd.DataFrame], index
         "posterlens_version": __version__,
         "backbones": [_backbone_entry(b, out) for b in model.features.backbones],
         "genres": model.genres,
-        "genre_model": {"class": model.genre_model.estimator, "params": model.genre_model.params},
+        "genre_model": None if model.genre_model is None else
+        {"class": model.genre_model.estimator, "params": model.genre_model.params},
         "score_mode": model.score_mode,
         "score_model": None if model.score_model is None else
         {"class": model.score_model.estimator, "params": model.score_model.params},
@@ -243,15 +276,19 @@ def _check_schema(config: dict, path: Path) -> None:
                                               for k, v in files.items()):
         raise _fail(path, "'files' must map plain file names to checksums")
     genres = config.get("genres")
-    if not (isinstance(genres, list) and len(genres) >= 2 and all(isinstance(g, str) and g for g in genres)
-            and len(set(genres)) == len(genres)):
+    if config.get("genre_model") is None:  # a score-only model
+        if genres != [] or config.get("score_model") is None:
+            raise _fail(path, "a model without a genre model has no 'genres' ([]) and a score model")
+    elif not (isinstance(genres, list) and len(genres) >= 2 and all(isinstance(g, str) and g for g in genres)
+              and len(set(genres)) == len(genres)):
         raise _fail(path, "'genres' must be a list of 2 or more distinct names")
     entries = config.get("backbones")
     if not (isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries)):
         raise _fail(path, "'backbones' must be a non-empty list of objects")
     for entry in entries:
         _check_backbone(entry, files, path)
-    _check_estimator(config.get("genre_model"), path, "genre_model", {"GenreClassifier"})
+    if config.get("genre_model") is not None:
+        _check_estimator(config["genre_model"], path, "genre_model", {"GenreClassifier"})
     if config.get("score_model") is not None:
         _check_estimator(config["score_model"], path, "score_model", {"ScoreRegressor", "ScoreClassifier"})
     if config.get("score_mode") not in ("regression", "classes", "none"):
@@ -343,12 +380,13 @@ def load(model_dir: Path) -> PosterModel:
         spec = FeatureSpec(tuple(_backbone(e, model_dir) for e in config["backbones"]))
     except BackboneError as err:
         raise ModelError(f"{model_dir / CONFIG}: {err}") from None
-    genre_model = _head(config["genre_model"], model_dir / GENRE_FILE)
+    genre_model = None if config["genre_model"] is None else _head(config["genre_model"], model_dir / GENRE_FILE)
     score_model = None
     if config["score_model"] is not None:
         score_model = _head(config["score_model"], model_dir / SCORE_FILE)
     n = len(config["genres"])
-    if genre_model.n_features_in_ != spec.feature_dim or len(genre_model.scale) != n or len(genre_model.thresholds_) != n:
+    if genre_model is not None and (genre_model.n_features_in_ != spec.feature_dim or len(genre_model.scale) != n
+                                    or len(genre_model.thresholds_) != n):
         raise _fail(model_dir / GENRE_FILE, f"shapes do not fit {spec.feature_dim} features and {n} genres")
     if score_model is not None and score_model.n_features_in_ != spec.feature_dim:
         raise _fail(model_dir / SCORE_FILE, f"expects {score_model.n_features_in_} features, the backbones give {spec.feature_dim}")

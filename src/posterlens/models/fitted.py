@@ -224,10 +224,15 @@ class ScoreHead:
     def predict(self, X: np.ndarray) -> np.ndarray:
         return by_rows(self._predict, X)
 
-    def _predict(self, X: np.ndarray) -> np.ndarray:
+    def reduce(self, X: np.ndarray) -> np.ndarray:
+        """The posters as the score model sees them: standardised, then projected by its PCA."""
         a = self.arrays
         Z = standardised(X, a["scale.mean_"].astype(np.float32), a["scale.scale_"].astype(np.float32))
-        Z = (Z - a["pca.mean_"]) @ a["pca.components_"].T
+        return (Z - a["pca.mean_"]) @ a["pca.components_"].T
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        a = self.arrays
+        Z = self.reduce(X)
         centres = a["kernel.components_"]
         distances = (np.square(Z).sum(axis=1)[:, None] - 2 * Z @ centres.T + np.square(centres).sum(axis=1)[None, :])
         K = np.exp(-self.gamma * np.maximum(distances, 0.0)) @ a["kernel.normalization_"].T

@@ -284,10 +284,16 @@ def _posters(X: np.ndarray) -> np.ndarray:
 
 
 def _quiet(learn, verbose: bool) -> ExitStack:
+    """Unless ``verbose``: no progress bar, no epoch table, and no "Better model found at epoch ..."
+    lines (``SaveModelCallback`` prints them)."""
+    import contextlib
+    import io
+
     stack = ExitStack()
     if not verbose:
         stack.enter_context(learn.no_bar())
         stack.enter_context(learn.no_logging())
+        stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
     return stack
 
 

@@ -42,11 +42,13 @@ class TrainConfig:
     genre: dict = field(default_factory=dict)
     score: dict = field(default_factory=dict)
     text: bool = False  # read poster text (rapidocr) and fuse a text genre model with the image one
+    thumbnails: bool = True  # keep a small thumbnail of each training poster for similar movies (~1 KB each)
 
     RULES = {  # not a field (no annotation)
         "folds": Range(0, 100, integer=True), "holdout": Range(0, 0.9), "refit": Choice((False, True)),
         "seed": Range(0, 2**32 - 1, integer=True), "score_mode": Choice(SCORE_MODES),
         "min_genre_count": Range(1, 1_000_000_000, integer=True), "text": Choice((False, True)),
+        "thumbnails": Choice((False, True)),
     }
 
     def __post_init__(self) -> None:

@@ -45,29 +45,33 @@ def training_priors(model: PosterModel) -> np.ndarray:
 def compute(model: PosterModel, data: Dataset) -> tuple[dict, dict]:
     """Metrics of ``model`` on the posters of ``data`` (genre metrics on those with genres); also the raw arrays."""
     labelled = data.labelled
-    if not labelled.any():
-        raise EvaluationError("none of the unseen posters has genres to evaluate the genre model on")
     Y = catalog.genre_matrix(data.table, model.genres)
     P = model.genre_proba(data.X, data.texts)
     L = model.genre_labels(P)
-    genre = metrics.genre_metrics(Y[labelled], P[labelled], L[labelled])
-    genre["genres_per_poster"] = float(L[labelled].sum(axis=1).mean())
-    genre["true_genres_per_poster"] = float(Y[labelled].sum(axis=1).mean())
-    genre["baselines"] = metrics.genre_baselines(training_priors(model), Y[labelled])
-    result = {"n_posters": int(len(Y)), "n_genres": len(model.genres), "genre": genre, "score": None}
     scores = data.table["score"].to_numpy(dtype=float)
     predicted = model.score(data.X, data.texts)
     has = ~np.isnan(scores)
+    result = {"n_posters": int(len(Y)), "n_genres": len(model.genres), "kind": model.kind, "genre": None, "score": None}
+    if model.genre_model is not None and labelled.any():
+        genre = metrics.genre_metrics(Y[labelled], P[labelled], L[labelled])
+        genre["genres_per_poster"] = float(L[labelled].sum(axis=1).mean())
+        genre["true_genres_per_poster"] = float(Y[labelled].sum(axis=1).mean())
+        genre["baselines"] = metrics.genre_baselines(training_priors(model), Y[labelled])
+        result["genre"] = genre
     if model.score_model is not None and has.sum() > 1:
-        result["score"] = {"mode": model.score_mode,
-                           **metrics.score_metrics(scores[has], predicted[has], model.info["train_score_mean"])}
-    return result, {"Y": Y, "P": P, "L": L, "scores": scores, "predicted": predicted}
+        result["score"] = {"mode": model.score_mode, **metrics.score_metrics(
+            scores[has], predicted[has], model.info["train_score_mean"], classes=model.score_mode == "classes")}
+    if result["genre"] is None and result["score"] is None:
+        wanted = {"genres and score": "genres or scores", "genres only": "genres", "score only": "scores"}[model.kind]
+        raise EvaluationError(f"none of the unseen posters has {wanted} to evaluate this {model.kind} model on")
+    return result, {"Y": Y, "P": P, "L": L, "scores": scores, "predicted": predicted,
+                    "space": model.space(P, data.X)}
 
 
 def similar_quality(model_dir: Path, model: PosterModel, data: Dataset, P: np.ndarray, k: int = 10) -> dict | None:
     """Genre precision@k of the similar-movies index for these posters, and for random neighbours."""
-    index = similar.SimilarIndex.load(model_dir, len(model.genres))
-    if index is None:
+    index = similar.SimilarIndex.load(model_dir, model.space_dim)
+    if index is None or model.genre_model is None:  # precision@k counts shared genres
         return None
     found = index.query(P, k, exclude=data.keys)
     queries = data.table["genres"].tolist()
@@ -92,15 +96,18 @@ def evaluate(model_dir: Path, catalog_path: Path, images: Path | None, out: Path
     result, arrays = compute(model, data)
     result["similar"] = similar_quality(model_dir, model, data, arrays["P"])
     out.mkdir(parents=True, exist_ok=True)
-    tables = {
-        "per_genre": metrics.per_genre_table(arrays["Y"], arrays["P"], arrays["L"], model.genres, model.thresholds),
-        "confusions": metrics.confusions(arrays["Y"], arrays["L"], model.genres),
-        "reliability": metrics.reliability_table(arrays["Y"], arrays["P"]),
-    }
+    tables = {}
+    if result["genre"] is not None:
+        tables = {
+            "per_genre": metrics.per_genre_table(arrays["Y"], arrays["P"], arrays["L"], model.genres, model.thresholds),
+            "confusions": metrics.confusions(arrays["Y"], arrays["L"], model.genres),
+            "reliability": metrics.reliability_table(arrays["Y"], arrays["P"]),
+        }
     for name, table in tables.items():
         safeio.write_csv(table, out / f"{name}.csv")
     safeio.write_json(out / "metrics.json", result)
-    tables["per_genre"] = tables["per_genre"].assign(prevalence=prevalence(data, arrays["Y"]))  # chance AP, for the page
+    if tables:
+        tables["per_genre"] = tables["per_genre"].assign(prevalence=prevalence(data, arrays["Y"]))  # chance AP, for the page
     pick = np.random.default_rng(0).choice(len(data.table), size=min(grid, len(data.table)), replace=False)
     figures = make_figures(model, model_dir, data, arrays, tables, out, pick)
     page = build_page(model_dir, model, catalog_path, data, arrays, result, tables, figures, pick)
@@ -114,10 +121,11 @@ def build_page(model_dir: Path, model: PosterModel, catalog_path: Path, data: Da
     return report.Page(
         header=header(model_dir, model, catalog_path, result), metrics=result,
         tables=report.metric_tables(result, model.info.get("validation")),
-        per_genre=tables["per_genre"], confusions=tables["confusions"], figures=figures,
+        per_genre=tables.get("per_genre", pd.DataFrame()), confusions=tables.get("confusions", pd.DataFrame()),
+        figures=figures,
         samples=[views.poster(i) for i in pick],
         score_misses=[views.poster(i, score_error=True) for i in worst_score_misses(arrays, misses)],
-        genre_misses=[views.poster(i) for i in worst_genre_misses(data, arrays, misses)],
+        genre_misses=[views.poster(i) for i in worst_genre_misses(data, arrays, misses)] if tables else [],
         searches=similar_searches(model_dir, model, data, arrays, pick[:searches]),
         files=[f"{name}.csv" for name in tables] + ["metrics.json"] + [f"{name}.png" for name in figures],
     )
@@ -135,14 +143,17 @@ def make_figures(model: PosterModel, model_dir: Path, data: Dataset, arrays: dic
     curves = model_dir / CURVES_FILE
     if curves.is_file():
         figures["training_curves"] = report.plot_curves(pd.read_csv(curves))
-    figures["reliability"] = report.plot_reliability(tables["reliability"])
-    figures["per_genre"] = report.plot_per_genre(tables["per_genre"])
-    labelled = data.labelled
-    figures["pr_curves"] = report.plot_pr_curves(arrays["Y"][labelled], arrays["P"][labelled], tables["per_genre"])
+    if tables:  # a model with genres
+        figures["reliability"] = report.plot_reliability(tables["reliability"])
+        figures["per_genre"] = report.plot_per_genre(tables["per_genre"])
+        labelled = data.labelled
+        figures["pr_curves"] = report.plot_pr_curves(arrays["Y"][labelled], arrays["P"][labelled], tables["per_genre"])
     has = ~np.isnan(arrays["scores"])
     if model.score_model is not None and has.any():
         figures["scores"] = report.plot_scores(arrays["scores"][has], arrays["predicted"][has])
-    figures["genre_distribution"] = report.plot_genre_distribution(model.info["train_genre_counts"], model.info["n_train"])
+    if tables:
+        figures["genre_distribution"] = report.plot_genre_distribution(model.info["train_genre_counts"],
+                                                                       model.info["n_train"])
     names = lambda row: "|".join(g for g, on in zip(model.genres, row) if on) or "-"  # noqa: E731
     sample = data.table.iloc[pick].assign(
         true=["|".join(g) for g in data.table["genres"].iloc[pick]],
@@ -220,12 +231,12 @@ def similar_searches(model_dir: Path, model: PosterModel, data: Dataset, arrays:
     Training posters are looked up by id in the folder the evaluated posters came from
     (the catalogue's images folder); a card without a file shows no poster.
     """
-    index = similar.SimilarIndex.load(model_dir, len(model.genres))
+    index = similar.SimilarIndex.load(model_dir, model.space_dim)
     if index is None or not len(queries):
         return []
     folder = Path(data.table["path"].iloc[queries[0]]).parent
     paths = dict(zip(index.movies["id"], catalog.attach_posters(index.movies.assign(url=None), folder)["path"]))
-    found = index.query(arrays["P"][queries], k, exclude=[data.keys[i] for i in queries])
+    found = index.query(arrays["space"][queries], k, exclude=[data.keys[i] for i in queries])
     searches = []
     for i, neighbours in zip(queries, found):
         row = data.table.iloc[i]

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from posterlens.data.images import MAX_PIXELS, decode, read_poster_bytes
+from posterlens.errors import ModelError
 from posterlens.features.backbones import FIRST_BLOCK, create_model, to_array
 from posterlens.models.estimators import torch_network
 
@@ -118,6 +119,9 @@ class Explainer:
     """The backbones of a ``PosterModel`` in torch, built once; ``explain`` is thread-safe (one at a time)."""
 
     def __init__(self, model):
+        if model.genre_model is None:
+            raise ModelError("this is a score-only model: heat maps show where on the poster each genre comes "
+                             "from, and it has no genres (explain needs a model trained on a catalogue with genres)")
         self.model = model
         self.nets = [_gradients_from_first_target(create_model(b)) for b in model.features.backbones]
         self._lock = threading.Lock()

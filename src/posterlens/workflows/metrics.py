@@ -94,16 +94,20 @@ def confusions(Y: np.ndarray, L: np.ndarray, genres: list[str], top: int = 15) -
     return pd.DataFrame(pairs[:top], columns=["true_genre", "predicted_instead", "count"])
 
 
-def score_metrics(y: np.ndarray, pred: np.ndarray, train_mean: float) -> dict[str, float]:
-    """MAE, RMSE, Spearman, and the MAE of predicting the training mean."""
+def score_metrics(y: np.ndarray, pred: np.ndarray, train_mean: float, classes: bool = False) -> dict[str, float]:
+    """MAE, RMSE, Spearman, and the MAE of predicting the training mean; with ``classes`` (each score a
+    class, the original design) also the accuracy: the share of posters whose score class is exact."""
     from scipy.stats import spearmanr
 
-    return {
+    figures = {
         "mae": float(skm.mean_absolute_error(y, pred)),
         "rmse": float(np.sqrt(skm.mean_squared_error(y, pred))),
         "spearman": float(spearmanr(pred, y)[0]) if np.std(pred) > 0 else float("nan"),
         "baseline_mae": float(skm.mean_absolute_error(y, np.full_like(y, train_mean))),
     }
+    if classes:
+        figures["accuracy"] = float(np.mean(np.round(y, 1) == np.round(pred, 1)))
+    return figures
 
 
 def summarise_folds(runs: list[dict]) -> dict:

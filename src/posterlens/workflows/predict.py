@@ -142,7 +142,7 @@ class Predictor:
 
         self.model_dir = Path(model_dir)
         self.model = model_files.load(self.model_dir)
-        self.index = SimilarIndex.load(self.model_dir, len(self.model.genres))
+        self.index = SimilarIndex.load(self.model_dir, self.model.space_dim)
         self.cache = Path(cache)
         resolve_engine(engine)  # an unknown name fails here, not at the first poster
         self.engine = engine  # resolved for each job: int8 pays for large ones (resolve_engine)
@@ -233,9 +233,13 @@ class Predictor:
             **{g: P[:, j] for j, g in enumerate(genres)},
         })
         if similar:
-            neighbours = self._neighbours(P, [p.key for p in done], similar) if done else []
+            space = self.model.space(P, np.stack([p.features for p in done])) if done else P
+            neighbours = self._neighbours(space, [p.key for p in done], similar) if done else []
             table["similar"] = [" | ".join(found["title"]) for found in neighbours]
         table.attrs["genres"] = list(genres)
+        table.attrs["has_score"] = self.model.score_model is not None
+        table.attrs["space"] = self.model.space(P, np.stack([p.features for p in done])) if done else P
+        table.attrs["keys"] = [p.key for p in done]
         table.attrs["errors"] = pd.DataFrame([(p.name, p.error) for p in posters if p.error is not None],
                                              columns=ERROR_COLUMNS)
         return table
@@ -273,7 +277,7 @@ class Predictor:
             self.apply_heads([poster])
         if poster.error is not None:
             raise PosterError(poster.name, poster.error)
-        found = self._neighbours(poster.proba[None], [poster.key], k)[0]
+        found = self._neighbours(self.model.space(poster.proba[None], poster.features[None]), [poster.key], k)[0]
         found = found[["id", "title", "genres", "score", "similarity"]]
         return found.assign(poster=found["id"].map(self.poster_files).fillna(""))
 

@@ -177,14 +177,18 @@ def metric_tables(metrics: dict, validation: dict | None) -> list[MetricTable]:
     """Genre, score and similar-movies tables: the model beside the baselines computed the same way."""
     validation = validation or {}
     method = validation.get("method", "")
-    genre, baselines = metrics["genre"], metrics["genre"]["baselines"]
-    rows = {k: [v, baselines["top2_constant"].get(k), baselines["priors"].get(k)]
-            for k, v in genre.items() if k != "baselines"}
-    tables = [metric_table("Genres", ["Model", "Top-2 constant", "Training priors"], rows,
-                           validation.get("genre"), method)]
+    tables = []
+    genre = metrics.get("genre")
+    if genre:
+        baselines = genre["baselines"]
+        rows = {k: [v, baselines["top2_constant"].get(k), baselines["priors"].get(k)]
+                for k, v in genre.items() if k != "baselines"}
+        tables.append(metric_table("Genres", ["Model", "Top-2 constant", "Training priors"], rows,
+                                   validation.get("genre"), method))
     score = metrics.get("score")
     if score:
-        rows = {k: [score[k], score["baseline_mae"] if k == "mae" else None] for k in ("mae", "rmse", "spearman")}
+        rows = {k: [score[k], score["baseline_mae"] if k == "mae" else None]
+                for k in ("mae", "rmse", "spearman", "accuracy") if k in score}
         tables.append(metric_table(f"Score ({score.get('mode', 'regression')})", ["Model", "Training mean"], rows,
                                    validation.get("score"), method))
     similar = metrics.get("similar")

@@ -16,17 +16,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from posterlens.data.dataset import Dataset, choose_genres
+from posterlens.data.dataset import NO_GENRES, Dataset, choose_genres
 from posterlens.data.splits import holdout_split, kfold_splits, score_folds
 from posterlens.errors import TrainError
 from posterlens.features.embed import FeatureSpec, load_dataset
+from posterlens.models import similar
 from posterlens.models.directory import CURVES_FILE, TRAINING_SET_FILE, PosterModel, save
 from posterlens.models.similar import SimilarIndex
 from posterlens.workflows import metrics
 from posterlens.workflows.config import TrainConfig
 
 __all__ = ["TrainConfig", "TrainResult", "TrainError", "MIN_SCORES", "fit_models",
-           "evaluate_split", "validate", "similar_index", "train"]
+           "evaluate_split", "validate", "model_genres", "similar_index", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,10 @@ def fit_models(data: Dataset, idx: np.ndarray, genres: list[str], spec: FeatureS
     table = data.table.iloc[idx]
     labelled = data.labelled[idx]
     X, Y = data.X[idx][labelled], data.genre_matrix(genres, idx[labelled])
-    if len(X) < 2 * config.genre_estimator().calibration_folds:
-        raise TrainError(f"{len(X)} posters with genres are too few to train the genre model")
-    valid = None
-    if valid_idx is not None and len(valid_idx):
-        valid = (data.X[valid_idx], data.genre_matrix(genres, valid_idx))
-    genre_model = config.genre_estimator().fit(X, Y, valid=valid)
-    text_model = None
-    if config.text:
+    genre_model = text_model = None
+    if genres:  # else a score-only model (a catalogue without genres)
+        genre_model = _fit_genres(data, X, Y, genres, config, valid_idx)
+    if genres and config.text:
         from posterlens.models.text import TextModel
 
         if data.texts is None:
@@ -68,6 +65,8 @@ def fit_models(data: Dataset, idx: np.ndarray, genres: list[str], spec: FeatureS
     scores = table["score"].to_numpy(dtype=float)
     has_score = ~np.isnan(scores)
     score_model = None
+    if not genres and has_score.sum() < MIN_SCORES:
+        raise TrainError(f"{int(has_score.sum())} posters have a score: a score-only model needs {MIN_SCORES} or more")
     if has_score.sum() >= MIN_SCORES:
         score_model = config.score_estimator().fit(data.X[idx][has_score], scores[has_score])
         if text_model is not None:
@@ -82,8 +81,20 @@ def fit_models(data: Dataset, idx: np.ndarray, genres: list[str], spec: FeatureS
         "data_fingerprint": fingerprint([data.keys[i] for i in idx], data.genre_matrix(genres, idx)),
     }
     mode = config.score_mode if score_model is not None else "none"
-    return PosterModel(spec, genres, genre_model.head_, None if score_model is None else score_model.head_, mode, info,
+    return PosterModel(spec, genres, None if genre_model is None else genre_model.head_,
+                       None if score_model is None else score_model.head_, mode, info,
                        curves_table(genre_model, score_model), text_model)
+
+
+def _fit_genres(data: Dataset, X: np.ndarray, Y: np.ndarray, genres: list[str], config: TrainConfig,
+                valid_idx: np.ndarray | None):
+    """The genre estimator fitted on the posters with genres (``valid_idx`` only feeds its curve)."""
+    if len(X) < 2 * config.genre_estimator().calibration_folds:
+        raise TrainError(f"{len(X)} posters with genres are too few to train the genre model")
+    valid = None
+    if valid_idx is not None and len(valid_idx):
+        valid = (data.X[valid_idx], data.genre_matrix(genres, valid_idx))
+    return config.genre_estimator().fit(X, Y, valid=valid)
 
 
 def fit_text_score(text_model, config: TrainConfig, X: np.ndarray, y: np.ndarray, texts: list[str | None]) -> None:
@@ -107,32 +118,40 @@ def fingerprint(keys: list[str], Y: np.ndarray) -> str:
 
 
 def evaluate_split(model: PosterModel, data: Dataset, idx: np.ndarray) -> dict:
-    """Headline metrics of ``model`` on rows ``idx`` (holdout and cross-validation)."""
+    """Headline metrics of ``model`` on rows ``idx`` (holdout and cross-validation): genre figures
+    where the model has genres, score figures where it has a score model."""
     table = data.table.iloc[idx]
-    labelled = data.labelled[idx]
     X = data.X[idx]
-    Y = data.genre_matrix(model.genres, idx[labelled])
-    P = model.genre_proba(X[labelled], data.texts_of(idx[labelled]))
-    L = model.genre_labels(P)
-    train_Y = data.genre_matrix(model.genres, np.setdiff1d(np.arange(len(data)), idx))
-    result = {"genre": {**metrics.genre_metrics(Y, P, L), "genres_per_poster": float(L.sum(axis=1).mean()),
-                        "true_genres_per_poster": float(Y.sum(axis=1).mean()),
-                        "baselines": metrics.genre_baselines(train_Y.mean(axis=0), Y)}}
+    result = {}
+    if model.genre_model is not None:
+        labelled = data.labelled[idx]
+        Y = data.genre_matrix(model.genres, idx[labelled])
+        P = model.genre_proba(X[labelled], data.texts_of(idx[labelled]))
+        L = model.genre_labels(P)
+        train_Y = data.genre_matrix(model.genres, np.setdiff1d(np.arange(len(data)), idx))
+        result["genre"] = {**metrics.genre_metrics(Y, P, L), "genres_per_poster": float(L.sum(axis=1).mean()),
+                           "true_genres_per_poster": float(Y.sum(axis=1).mean()),
+                           "baselines": metrics.genre_baselines(train_Y.mean(axis=0), Y)}
     scores = table["score"].to_numpy(dtype=float)
     ok = ~np.isnan(scores)
     if model.score_model is not None and ok.sum() > 1:
         texts = data.texts_of(idx[ok])
-        result["score"] = metrics.score_metrics(scores[ok], model.score(X[ok], texts), model.info["train_score_mean"])
+        result["score"] = metrics.score_metrics(scores[ok], model.score(X[ok], texts), model.info["train_score_mean"],
+                                                classes=model.score_mode == "classes")
     return result
 
 
-def similar_index(model: PosterModel, data: Dataset, idx: np.ndarray, seed: int) -> SimilarIndex:
-    """Nearest-neighbour index over the training posters, in the genre space."""
+def similar_index(model: PosterModel, data: Dataset, idx: np.ndarray, seed: int,
+                  thumbnails: bool = True) -> SimilarIndex:
+    """Nearest-neighbour index over the training posters, in the model's similar-movies space
+    (``PosterModel.space``), with each poster's thumbnail unless ``thumbnails`` is off."""
     rows = data.table.iloc[idx]
     movies = pd.DataFrame({"id": rows["id"].to_numpy(), "title": rows["title"].to_numpy(),
                            "genres": ["|".join(g) for g in rows["genres"]], "score": rows["score"].to_numpy(),
                            "key": [data.keys[i] for i in idx]})
-    return SimilarIndex.build(model.genre_proba(data.X[idx], data.texts_of(idx)), movies, seed)
+    X = data.X[idx]
+    thumbs = [similar.thumbnail(path) for path in rows["path"]] if thumbnails else None
+    return SimilarIndex.build(model.space(model.genre_proba(X, data.texts_of(idx)), X), movies, seed, thumbs)
 
 
 def curves_table(genre_model, score_model) -> pd.DataFrame:
@@ -157,8 +176,7 @@ def validate(data: Dataset, genres: list[str], spec: FeatureSpec, config: TrainC
         runs = []
         for k, (train_idx, test_idx) in enumerate(kfold_splits(Y, config.folds, config.seed)):
             runs.append(evaluate_split(fit_models(data, train_idx, genres, spec, config), data, test_idx))
-            log.info("fold %d/%d: macro-mAP %.3f, micro-F1 %.3f", k + 1, config.folds,
-                     runs[-1]["genre"]["macro_map"], runs[-1]["genre"]["micro_f1"])
+            log.info("fold %d/%d: %s", k + 1, config.folds, _headline(runs[-1]))
         return {"method": f"{config.folds}-fold cross-validation", **metrics.summarise_folds(runs)}, everything, none
     if not config.holdout:
         return None, everything, none
@@ -168,6 +186,26 @@ def validate(data: Dataset, genres: list[str], spec: FeatureSpec, config: TrainC
         figures = evaluate_split(model, data, test_idx)
         return {"method": f"{config.holdout:.0%} holdout (seed {config.seed})", "n_test": int(len(test_idx)), **figures}, everything, none
     return None, train_idx, test_idx
+
+
+def _headline(figures: dict) -> str:
+    """``macro-mAP 0.35, micro-F1 0.52`` and/or ``score MAE 0.75, Spearman 0.38``."""
+    parts = []
+    if "genre" in figures:
+        parts.append(f"macro-mAP {figures['genre']['macro_map']:.3f}, micro-F1 {figures['genre']['micro_f1']:.3f}")
+    if "score" in figures:
+        parts.append(f"score MAE {figures['score']['mae']:.3f}, Spearman {figures['score']['spearman']:.3f}")
+    return "; ".join(parts)
+
+
+def model_genres(data: Dataset, min_count: int) -> list[str]:
+    """The genres to learn: ``choose_genres``, or none where no poster has genres (a score-only model)."""
+    if not data.labelled.any():
+        if np.isnan(data.scores).all():
+            raise TrainError(f"{NO_GENRES}; and no poster has a score (name them Title_8.8.jpg) either: nothing to learn")
+        log.info("no poster has genres: training a score-only model")
+        return []
+    return choose_genres(data.table, min_count)
 
 
 def train(catalog_path: Path, images: Path | None, out: Path, config: TrainConfig, cache: Path,
@@ -186,7 +224,7 @@ def train(catalog_path: Path, images: Path | None, out: Path, config: TrainConfi
             ocr = OcrSettings()
         data = load_dataset(catalog_path, images, spec, cache, progress, ocr)
     seconds["embed"] = time.perf_counter() - start  # and read the posters' text, with --text
-    genres = choose_genres(data.table, config.min_genre_count)
+    genres = model_genres(data, config.min_genre_count)
     validation, train_idx, test_idx = validate(data, genres, spec, config)
     model = fit_models(data, train_idx, genres, spec, config, valid_idx=test_idx)
     if validation is None and len(test_idx):
@@ -203,7 +241,7 @@ def train(catalog_path: Path, images: Path | None, out: Path, config: TrainConfi
         TRAINING_SET_FILE: pd.DataFrame({"id": data.table["id"].iloc[train_idx],
                                          "key": [data.keys[i] for i in train_idx]}),
     }
-    save(model, out, extra, similar_index(model, data, train_idx, config.seed))
+    save(model, out, extra, similar_index(model, data, train_idx, config.seed, config.thumbnails))
     seconds["total"] = time.perf_counter() - start
     return TrainResult(out, model, validation, seconds)
 

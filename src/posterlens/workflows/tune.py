@@ -16,6 +16,7 @@ model by Spearman. Output in ``out``: ``tune.csv``, ``tune.md``, figures and ``b
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, replace
@@ -30,22 +31,28 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid, ParameterSample
 from sklearn.pipeline import Pipeline
 
 from posterlens.data import catalog
-from posterlens.data.dataset import choose_genres
+from posterlens.data.dataset import choose_genres, labelled
 from posterlens.data.splits import kfold_splits, restrict
 from posterlens.errors import SettingsError, SpaceError
 from posterlens.features import backbones
 from posterlens.features.embed import embed_files
 from posterlens.models.estimators import GenreClassifier, ScoreRegressor
 from posterlens.models.pixels import SCHEDULES, PixelCNN, decode_posters
+from posterlens.progress import progress as progress_bar
 from posterlens.settings import read_file
 from posterlens.workflows import metrics
 from posterlens.workflows.config import TrainConfig
 from posterlens.workflows.tune_report import GENRE_METRICS, RANK, SCORE_METRICS, metric_names, shown, write_outputs
 
+log = logging.getLogger(__name__)
+
 __all__ = ["SPACES", "QUICK_SPACES", "SECTIONS", "FeatureBlocks", "check_space", "load_space", "tune"]
 
 N_JOBS = {"genre": 2, "score": 1, "cnn": 1}  # processes; each genre fit trains with one torch thread
 QUICK = {"genre": {"epochs": 2, "calibration_folds": 2}, "cnn": {"epochs": 2}}  # fixed settings under --quick
+BUDGET = 12  # configurations drawn at random per model (besides today's defaults) unless --budget says otherwise
+QUICK_BUDGET = 4
+MAX_GRID = 1_000_000  # a grid larger than this is sampled, never listed (and --budget is capped to it)
 QUICK_POSTERS = 120
 QUICK_MIN_GENRE_COUNT = 5
 CNN_INPUT = PixelCNN.default_size
@@ -190,10 +197,14 @@ def load_space(space: str | Path, quick: bool = False) -> dict[str, dict[str, li
     return check_space(loaded, str(path))
 
 
-def candidates(grid: dict[str, list], budget: int | None, seed: int) -> list[dict]:
-    """Today's defaults ({}), then the whole grid or ``budget`` configurations drawn from it."""
-    every = ParameterGrid(grid)
-    drawn = list(every) if budget is None or budget >= len(every) else list(ParameterSampler(grid, budget, random_state=seed))
+def candidates(grid: dict[str, list], budget: int, seed: int) -> list[dict]:
+    """Today's defaults ({}), then ``budget`` configurations drawn at random from ``grid`` (the whole
+    grid where it is no larger). The grid is counted, never listed, before it is drawn from."""
+    size = math.prod(len(values) for values in grid.values())
+    if budget >= size and size <= MAX_GRID:
+        drawn = list(ParameterGrid(grid))
+    else:
+        drawn = list(ParameterSampler(grid, min(budget, size, MAX_GRID), random_state=seed))
     return [{}] + [c for c in drawn if c]
 
 
@@ -285,7 +296,13 @@ def embedding_searches(space: dict, table: pd.DataFrame, cache: Path, folds: int
     X, layout, ok = embedding_blocks(table["path"].tolist(), needed_blocks([c for p in plans.values() for c in p]),
                                      cache, progress)
     table, X = table[ok].reset_index(drop=True), X[ok]
-    Y, splits = genre_targets(table, folds, quick, seed)
+    if labelled(table).any():
+        Y, splits = genre_targets(table, folds, quick, seed)
+    else:  # a folder of Title_8.8.jpg posters: scores only
+        if plans.pop("genre", None) is not None:
+            log.warning("no poster has genres: tuning the score model only")
+        Y = np.zeros((len(table), 0), dtype=np.float32)
+        splits = kfold_splits(Y, folds, seed)
     searches = []
     for model, configs in plans.items():
         estimator = Pipeline([("features", FeatureBlocks(layout)), ("model", SECTIONS[model]())])
@@ -373,16 +390,26 @@ def results_frame(search: Search, cv: dict, offset: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_search(search: Search, bar) -> pd.DataFrame:
-    """``GridSearchCV`` over the candidates, a few at a time so that the progress bar moves."""
-    frames = []
+def run_search(search: Search, bar, deadline: float | None = None) -> pd.DataFrame:
+    """``GridSearchCV`` over the candidates, a few at a time so that the progress bar moves; today's
+    defaults first. No new chunk starts once it would end past ``deadline`` (``time.monotonic``)."""
+    frames, started = [], time.monotonic()
     for start in range(0, len(search.candidates), search.n_jobs):
         chunk = search.candidates[start:start + search.n_jobs]
+        per_chunk = (time.monotonic() - started) / max(len(frames), 1)
+        if frames and deadline is not None and time.monotonic() + per_chunk > deadline:
+            log.warning("%s: --time-limit reached after %d of %d configurations", search.model, start,
+                        len(search.candidates))
+            break
         grid = GridSearchCV(search.estimator, [{k: [v] for k, v in c.items()} for c in chunk], scoring=search.scoring,
                             cv=search.splits, refit=False, n_jobs=search.n_jobs, error_score="raise")
         grid.fit(search.X, search.y)
         frames.append(results_frame(search, grid.cv_results_, start))
         bar.update(len(chunk))
+        if len(frames) == 1 and len(search.candidates) > len(chunk):
+            left = (time.monotonic() - started) * (len(search.candidates) - len(chunk)) / len(chunk)
+            log.info("%s: %d configurations x %d folds; about %.1f min more", search.model, len(search.candidates),
+                     len(search.splits), left / 60)
     frame = pd.concat(frames, ignore_index=True)
     frame.insert(1, "rank", frame[f"{RANK[search.model]}_mean"].rank(ascending=False, method="first").astype(int))
     return frame.sort_values("rank").reset_index(drop=True)
@@ -396,7 +423,7 @@ def describe(searches: list[Search], catalog_path: Path, space: str, folds: int,
                                               f"{QUICK} fixed)" if quick else "") + "."]
     for s in searches:
         lines.append(f"- {s.model}: {len(s.y)} posters, {len(s.candidates)} configurations (today's defaults and "
-                     + (f"{len(s.candidates) - 1} drawn by `ParameterSampler`" if budget else "the whole grid")
+                     + f"{len(s.candidates) - 1} drawn at random by `ParameterSampler`, `--budget {budget}`"
                      + f") x {folds} folds (`splits.kfold_splits`, iterative stratification), `GridSearchCV`, "
                      f"{s.n_jobs} process(es); ranked by {RANK[s.model]}.")
     lines.append(f"- Whole search: {seconds / 60:.1f} min. Command: `posterlens tune --catalog {catalog_path} --out DIR{args}`")
@@ -404,14 +431,18 @@ def describe(searches: list[Search], catalog_path: Path, space: str, folds: int,
 
 
 def tune(catalog: Path, images: Path | None, out: Path, cache: Path, space: str = "heads", folds: int = 5,
-         budget: int | None = None, quick: bool = False, progress: bool = True, seed: int = 42) -> pd.DataFrame:
+         budget: int | None = None, quick: bool = False, progress: bool = True, seed: int = 42,
+         time_limit: float | None = None) -> pd.DataFrame:
     """Search the ``space`` by K-fold cross-validation; write tune.csv, tune.md, figures and best.json in ``out``.
 
-    ``budget``: configurations drawn per model (default: the whole grid); today's defaults are always scored too.
+    ``budget``: configurations drawn at random per model (default ``BUDGET``, ``QUICK_BUDGET`` under
+    ``quick``); today's defaults are always scored too. Random draws, not successive halving: every
+    configuration is scored on the same K folds, so the report's paired intervals against the
+    defaults hold. ``time_limit`` (minutes): no configuration starts past it.
     """
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
+    budget = budget if budget is not None else QUICK_BUDGET if quick else BUDGET
+    deadline = None if time_limit is None else time.monotonic() + 60 * time_limit
     grids = load_space(space, quick)
     catalog_path = Path(catalog)
     table = read_posters(catalog_path, images, quick, seed)
@@ -420,8 +451,12 @@ def tune(catalog: Path, images: Path | None, out: Path, cache: Path, space: str 
         searches += embedding_searches(grids, table, Path(cache), folds, budget, quick, seed, progress)
     if "cnn" in grids:
         searches.append(cnn_search(grids, table, folds, budget, quick, seed))
-    with tqdm(total=sum(len(s.candidates) for s in searches), desc="tune", unit="config", disable=not progress) as bar:
-        frame = pd.concat([run_search(s, bar) for s in searches], ignore_index=True)
+    with progress_bar(sum(len(s.candidates) for s in searches), "tune", "config", progress) as bar:
+        frame = pd.concat([run_search(s, bar, deadline) for s in searches], ignore_index=True)
     notes = describe(searches, catalog_path, str(space), folds, budget, quick, time.perf_counter() - start)
+    scored = frame.groupby("model", sort=False).size().to_dict()
+    if any(scored[s.model] < len(s.candidates) for s in searches):
+        notes.append(f"- `--time-limit {time_limit:g}` stopped the search early: " + ", ".join(
+            f"{s.model} {scored[s.model]} of {len(s.candidates)}" for s in searches) + " configurations scored.")
     write_outputs(frame, notes, Path(out))
     return frame

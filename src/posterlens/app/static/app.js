@@ -81,6 +81,7 @@ async function analyse(form, posterUrl) {
     showBars(result);
     showSimilar(result.similar);
     $("result").hidden = false;
+    if (result.kind === "score only") { setStatus("This model predicts the score only: no genres, no heat maps."); return; }
     setStatus("Computing heat maps\u2026");
     const heat = await post("/api/explain", form);
     if (!posterUrl) { state.posterUrl = heat.poster || ""; }
