@@ -235,3 +235,18 @@ def test_score_is_the_last_number_in_a_file_name(tmp_path, sample_dir):
         "8 Mile (2002)": 7.1, "76240": 6.1, "2001 A Space Odyssey": 8.3}
     shutil.copy(poster, tmp_path / "Blade_Runner_2049.jpg")
     assert read_catalog(tmp_path).set_index("title")["score"].isna()["Blade Runner 2049"]  # 2049 is no score
+
+
+def test_a_first_row_with_an_extra_cell_is_named_not_shifted(tmp_path):
+    path = tmp_path / "MovieGenre.csv"
+    path.write_text("imdbId,Imdb Link,Title,IMDB Score,Genre,Poster\n1,l,T,5.0,Drama,http://x/a.jpg,EXTRA\n")
+    with pytest.raises(CatalogError, match="a row has more cells than the header has columns"):
+        read_catalog(path, require_posters=False)
+
+
+def test_a_genre_cell_with_a_million_names_is_refused(tmp_path):
+    path = tmp_path / "MovieGenre.csv"
+    path.write_text("imdbId,Imdb Link,Title,IMDB Score,Genre,Poster\n1,l,T,5.0," + "|".join(
+        f"G{i}" for i in range(1_000_000)) + ",\n")
+    with pytest.raises(CatalogError, match="row 2: 1,000,000 genres; a movie has at most 50"):
+        read_catalog(path, require_posters=False)

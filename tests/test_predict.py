@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import os
 import shutil
@@ -24,8 +22,8 @@ from posterlens.workflows import predict
 
 
 @pytest.fixture(scope="module")
-def predictor(trained_model, shared_cache):
-    return posterlens.load(trained_model, shared_cache)
+def predictor(trained_model, shared_cache, sample_dir):
+    return posterlens.load(trained_model, shared_cache, posters=sample_dir / "images")
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +174,7 @@ def test_similar_movies_are_ordered_and_exclude_the_query(predictor, trained_mod
     found = predictor.similar(poster, k=5)
     assert list(found.columns) == ["id", "title", "genres", "score", "similarity", "poster"]
     assert len(found) == 5
-    assert [Path(p).name for p in found["poster"]] == [f"{i}.jpg" for i in found["id"]]  # from the recorded catalogue
+    assert [Path(p).name for p in found["poster"]] == [f"{i}.jpg" for i in found["id"]]  # from --posters
     assert found["similarity"].is_monotonic_decreasing
     assert training["id"][0] not in set(found["id"])  # a poster is not its own neighbour
     # the order is the cosine order in the genre space, centred on the training posters' mean
@@ -192,13 +190,11 @@ def test_similar_movies_are_ordered_and_exclude_the_query(predictor, trained_mod
     assert predictor.similar(poster.read_bytes(), k=5).equals(found)  # bytes: the same poster, excluded too
 
 
-def test_similar_movies_have_their_posters_when_the_catalogue_is_known(predictor, sample_dir):
-    known = copy.copy(predictor)
-    known.__dict__.pop("_posters", None)
-    known.model = dataclasses.replace(predictor.model, info={**predictor.model.info,
-                                                               "catalog": str(sample_dir / "MovieGenre.csv")})
-    found = known.similar(sorted((sample_dir / "images").iterdir())[0], k=3)
+def test_similar_movies_have_their_posters_from_the_folder_the_caller_names(trained_model, shared_cache, sample_dir):
+    poster = sorted((sample_dir / "images").iterdir())[0]
+    found = posterlens.load(trained_model, shared_cache, posters=sample_dir / "images").similar(poster, k=3)
     assert [p.rsplit("/", 1)[-1] for p in found["poster"]] == [f"{i}.jpg" for i in found["id"]]
+    assert (posterlens.load(trained_model, shared_cache).similar(poster, k=3)["poster"] == "").all()
 
 
 def test_predict_cli_with_similar_and_summary_table(trained_model, folder, tmp_path):

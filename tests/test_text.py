@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 
 import numpy as np
@@ -339,3 +340,48 @@ def test_train_text_without_rapidocr_is_one_line(monkeypatch, small_catalog, tmp
     result = CliRunner().invoke(app, ["train", "-c", str(small_catalog), "-o", str(tmp_path / "m"), "--text"])
     assert result.exit_code == 2 and "posterlens[text]" in result.output
     assert not (tmp_path / "m").exists()
+
+
+def _retext(model_dir, rewrite_config, change_meta=None, change_arrays=None):
+    """Edit text_model.json / text_model.safetensors, checksums recomputed (damage an attacker can hide)."""
+    from safetensors.numpy import load_file, save_file
+
+    from posterlens.models import directory as model_files
+
+    if change_meta:
+        meta = json.loads((model_dir / text.TEXT_MODEL_JSON).read_text())
+        change_meta(meta)
+        (model_dir / text.TEXT_MODEL_JSON).write_text(json.dumps(meta))
+    if change_arrays:
+        arrays = load_file(str(model_dir / text.TEXT_MODEL_FILE))
+        change_arrays(arrays)
+        save_file(arrays, str(model_dir / text.TEXT_MODEL_FILE))
+    rewrite_config(model_dir, lambda c: c["files"].update(
+        {name: model_files.sha256(model_dir / name) for name in c["files"]}))
+
+
+INCONSISTENT_TEXT = {
+    "char n-grams crossed": (lambda m: m["classifier"]["params"].update(char_min_n=6, char_max_n=2), None,
+                             "char_min_n 6 and char_max_n 2"),
+    "zero threshold": (None, lambda a: a["fusion.thresholds"].__setitem__(0, 0.0), "fusion.thresholds"),
+    "huge weight": (None, lambda a: a["coef"].__setitem__((0, 0), 3e38), "no fitted weights"),
+    "weights as integers": (None, lambda a: a.__setitem__("intercept", a["intercept"].astype(np.int64)),
+                            "finite floats"),
+    "NaN rule": (lambda m: m["rule"].__setitem__("rank_power", float("nan")), None, "not a finite number"),
+    "repeated word": (lambda m: m["vocabulary"]["word"].__setitem__(1, m["vocabulary"]["word"][0]), None,
+                      "empty or repeated"),
+    "empty word": (lambda m: m["vocabulary"]["char"].__setitem__(0, ""), None, "empty or repeated"),
+}
+
+
+@pytest.mark.parametrize("case", list(INCONSISTENT_TEXT))
+def test_inconsistent_text_model_settings_are_refused(text_trained, tmp_path, case, rewrite_config):
+    from posterlens.models import directory as model_files
+
+    change_meta, change_arrays, message = INCONSISTENT_TEXT[case]
+    copy = tmp_path / "model"
+    shutil.copytree(text_trained.model_dir, copy)
+    _retext(copy, rewrite_config, change_meta, change_arrays)
+    with pytest.raises(model_files.ModelError, match=re.escape(message)) as caught:
+        model_files.load(copy)
+    assert "\n" not in str(caught.value)

@@ -18,11 +18,13 @@ if TYPE_CHECKING:
     from posterlens.workflows.predict import Predictor
 
 
-def load(path: str | Path | None = None, cache: str | Path | None = None) -> "Predictor":
+def load(path: str | Path | None = None, cache: str | Path | None = None,
+         posters: str | Path | None = None) -> "Predictor":
     """Load a model directory (default: the released model) for ``predict(images)`` and ``similar(image, k)``.
 
-    ``cache`` is the feature cache folder (default: ``$POSTERLENS_CACHE`` or ``~/.cache/posterlens``).
+    ``cache`` is the feature cache folder (default: ``$POSTERLENS_CACHE`` or ``~/.cache/posterlens``);
+    ``posters`` a folder of the training posters, ``<id>.jpg``, for ``similar``'s ``poster`` column.
     """
     from posterlens.workflows.predict import load as _load
 
-    return _load(path, cache)
+    return _load(path, cache, posters=posters)

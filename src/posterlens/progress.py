@@ -32,9 +32,10 @@ class Lines:
 
     def _line(self) -> None:
         self.last = time.monotonic()
-        rate = self.n / max(self.last - self.start, 1e-9)
+        elapsed = max(self.last - self.start, 1e-9)
         share = f" ({self.n / self.total:.0%})" if self.total else ""
-        log.info("%s: %d/%d%s, %.1f %s/s", self.desc, self.n, self.total, share, rate, self.unit)
+        rate = f"{self.n / elapsed:.1f} {self.unit}/s" if self.n >= elapsed else f"{elapsed / self.n:.1f} s/{self.unit}"
+        log.info("%s: %d/%d%s, %s", self.desc, self.n, self.total, share, rate)
 
     def close(self) -> None:
         if self.n:

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from posterlens import __version__
 from posterlens.app.views import metrics_table, predictions_table, validation_table
-from posterlens.errors import UserError
+from posterlens.errors import DataError, UserError
 from posterlens.features.backbones import DEFAULT_FEATURES
 from posterlens.features.engines import ENGINES
 from posterlens.workflows.config import SCORE_MODES, TrainConfig
@@ -52,6 +52,9 @@ EngineOpt = typer.Option(Engine.auto, "--engine", help="auto: the fastest engine
 ModelOpt = typer.Option(..., "--model", "-m", help="model directory from `posterlens train`")
 ReleasedModelOpt = typer.Option(None, "--model", "-m", help="model directory from `posterlens train` "
                                 "(default: the model released with posterlens)")
+PostersOpt = typer.Option(None, "--posters", exists=True, file_okay=False,
+                          help="folder of the training posters (<id>.jpg), for a model without thumbnails")
+QUIET_WARNINGS = (r"sklearn(\..*)?", r"fastai(\..*)?", r"timm(\..*)?", r"torch(\..*)?")  # shown with --verbose
 SUMMARY_ROWS = 20  # predict prints a table for up to this many posters
 
 
@@ -86,6 +89,11 @@ def setup(
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)])
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+    if not verbose:  # scikit-learn's convergence and future warnings say nothing a user can act on
+        import warnings
+
+        for module in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", module=module)
 
 
 def _fail(err: Exception) -> None:
@@ -302,6 +310,8 @@ def predict(
             poster_files = table["path"].tolist()
         elif images is not None:
             poster_files = scan_folder(images)
+            if not poster_files:
+                raise DataError(f"--images {images}: no files that may be posters in this folder")
         elif files:
             poster_files = files
         else:
@@ -326,6 +336,7 @@ def similar(
     image: Path = typer.Option(..., "--image", "-i", help="a poster file"),
     k: int = typer.Option(10, "--k", "-k", min=1, max=1000, help="how many similar movies"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write them to similar.csv in this folder"),
+    posters: Optional[Path] = PostersOpt,
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """The training movies whose posters are most similar (genre space, cosine)."""
@@ -334,7 +345,7 @@ def similar(
         from posterlens import safeio
         from posterlens.workflows import predict as predicting
 
-        found = predicting.load(model, cache).similar(image, k)
+        found = predicting.load(model, cache, posters=posters).similar(image, k)
         if out:
             out.mkdir(parents=True, exist_ok=True)
             safeio.write_csv(found, out / "similar.csv")
@@ -435,6 +446,7 @@ def serve(
                                                    help="largest upload accepted (default: serve.MAX_UPLOAD_BYTES, 10 MB)"),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1,
                                              help="largest image accepted, in pixels (default: serve.MAX_PIXELS, 25 Mpx)"),
+    posters: Optional[Path] = PostersOpt,
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Serve the web page and the JSON API (OpenAPI at /docs) with the model loaded once."""
@@ -443,7 +455,8 @@ def serve(
     with _user_errors():
         from posterlens.app import serve as serving
 
-        serving.run(model, host=host, port=port, cache=cache, allow_url_fetch=allow_url_fetch, **limits)
+        serving.run(model, host=host, port=port, cache=cache, allow_url_fetch=allow_url_fetch, posters=posters,
+                    **limits)
 
 
 @app.command()

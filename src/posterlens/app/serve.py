@@ -8,8 +8,8 @@ loads one and serves it on 127.0.0.1. Endpoints:
   probabilities, score and similar movies;
 - ``POST /api/explain`` (same input, optional ``genres``): a heat map per genre (``explain.py``);
 - ``GET /api/health``; ``GET /api/poster/{id}``: a training poster's thumbnail, which the model
-  carries (``train --thumbnails``, the default), else its file where the model's catalogue names
-  one; OpenAPI at ``/docs``.
+  carries (``train --thumbnails``, the default), else ``<id>.jpg`` in the folder named by
+  ``serve --posters`` (never a path the model names); OpenAPI at ``/docs``.
 
 Uploads are capped while they are read (``max_upload_bytes``), must be an image Pillow
 identifies in ``ALLOWED_FORMATS`` and at most ``max_pixels`` pixels (read from the header,
@@ -271,7 +271,7 @@ def create_app(predictor, allow_url_fetch: bool = False, max_upload_bytes: int =
 
     @app.get("/api/poster/{movie_id}")
     def poster(movie_id: str) -> Response:
-        """A training movie's poster: its thumbnail in the model, else its file in the model's catalogue."""
+        """A training movie's poster: its thumbnail in the model, else its file in the ``--posters`` folder."""
         thumb = predictor.index.thumbnail(movie_id) if predictor.index is not None else b""
         if thumb:
             return Response(thumb, media_type="image/webp", headers={"Cache-Control": "max-age=86400"})
@@ -311,13 +311,14 @@ def background(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
 
 def run(model_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, cache: str | Path | None = None,
         allow_url_fetch: bool = False, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
-        log_level: str = "info") -> None:
-    """Load the model once (``model_dir`` None: the released one) and serve the app with uvicorn."""
+        log_level: str = "info", posters: str | Path | None = None) -> None:
+    """Load the model once (``model_dir`` None: the released one) and serve the app with uvicorn;
+    ``posters``: a folder of training posters (``<id>.jpg``) for models without thumbnails."""
     import uvicorn
 
     import posterlens
 
-    predictor = posterlens.load(model_dir, cache)
+    predictor = posterlens.load(model_dir, cache, posters=posters)
     warm_up(predictor)
     app = create_app(predictor, allow_url_fetch, max_upload_bytes, max_pixels)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

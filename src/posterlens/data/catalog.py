@@ -54,6 +54,7 @@ _NAME_HELP = "expected e.g. Inception_8.8.jpg or 6.1_76240.jpg, a score from 0 t
 _SNIFF_BYTES = 64 * 1024  # the prefix read to find the delimiter
 _CHUNK_ROWS = 20_000  # CSV rows parsed at a time
 _SHOWN = 10  # row numbers listed in a warning before "and N more"
+MAX_GENRES_A_MOVIE = 50  # a Genre cell with more names than this is not a genre list
 
 
 def read_catalog(source: str | Path, images: str | Path | None = None, require_posters: bool = True) -> pd.DataFrame:
@@ -189,10 +190,20 @@ def _csv_chunks(path: Path) -> Iterator[tuple[list[str], Iterator[pd.DataFrame]]
 
 
 def _parsed(stream: BinaryIO, delimiter: str, path: Path) -> Iterator[pd.DataFrame]:
-    """The CSV's rows as text, ``_CHUNK_ROWS`` at a time; parser errors as ``CatalogError``."""
+    """The CSV's rows as text, ``_CHUNK_ROWS`` at a time; parser errors as ``CatalogError``.
+
+    ``index_col=False``: a first row with more cells than the header is an error like any other
+    row's (pandas would otherwise take the first column as an index and shift every cell)."""
+    import warnings
+
     try:
-        yield from pd.read_csv(stream, sep=delimiter, encoding="utf-8-sig", dtype=str, keep_default_na=False,
-                               quoting=csv.QUOTE_MINIMAL, chunksize=_CHUNK_ROWS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            yield from pd.read_csv(stream, sep=delimiter, encoding="utf-8-sig", dtype=str, keep_default_na=False,
+                                   quoting=csv.QUOTE_MINIMAL, chunksize=_CHUNK_ROWS, index_col=False)
+    except pd.errors.ParserWarning:
+        raise CatalogError(f"{path}: a row has more cells than the header has columns "
+                           "(a stray delimiter?): fix the row or quote the cell") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise CatalogError(f"{path}: not a readable CSV ({str(err).strip()})") from None
 
@@ -272,6 +283,8 @@ def _from_moviegenre(columns: list[str], chunks: Iterable[pd.DataFrame], path: P
     rows, row_numbers, skipped = [], [], []
     for i, rec in _records(chunks):
         genres = _genres(_text(rec["Genre"]).split("|"))
+        if len(genres) > MAX_GENRES_A_MOVIE:
+            raise CatalogError(f"{path}: {_row(i)}: {len(genres):,} genres; a movie has at most {MAX_GENRES_A_MOVIE}")
         score = _parse_score(_text(rec["IMDB Score"]), path, i)
         if not genres and math.isnan(score):
             skipped.append(i)

@@ -61,6 +61,7 @@ class Dataset:
                        self.texts_of(rows))
 
 
+SHOWN = 20  # genres named in the "left out" warning before "and N more"
 NO_GENRES = ("the catalogue has no genres (a folder of Title_8.8.jpg posters has scores only): "
              "train on a MovieGenre.csv or multi-label CSV, which give each poster its genres")
 
@@ -74,7 +75,8 @@ def choose_genres(table: pd.DataFrame, min_count: int) -> list[str]:
     kept = [g for g, c in zip(vocabulary, counts) if c >= min_count]
     dropped = [f"{g} ({int(c)})" for g, c in zip(vocabulary, counts) if c < min_count]
     if dropped:
-        log.warning("left out %d genre(s) with fewer than %d training posters: %s", len(dropped), min_count, ", ".join(dropped))
+        shown = ", ".join(dropped[:SHOWN]) + (f" and {len(dropped) - SHOWN:,} more" if len(dropped) > SHOWN else "")
+        log.warning("left out %d genre(s) with fewer than %d training posters: %s", len(dropped), min_count, shown)
     if len(kept) < 2:
         advice = "add posters or lower --min-genre-count" if min_count > 1 else "add posters with other genres"
         raise DataError(f"{len(kept)} genre(s) have {min_count} or more posters; the genre model needs 2 or more: {advice}")

@@ -19,8 +19,9 @@
   redirect hop) resolves the host, refuses it if any address is loopback, private,
   link-local, multicast, reserved or otherwise not global, and connects to the address it
   checked (no second DNS answer, so no DNS rebinding). ``config.allow_private_hosts``
-  lifts this (e.g. a poster mirror on the local network); environment proxies
-  (``HTTPS_PROXY``) are only used then, since a proxy would resolve hosts itself;
+  opens loopback and private addresses (e.g. a poster mirror on the local network), never
+  link-local ones (the cloud metadata service); environment proxies are never used, since a
+  proxy would resolve hosts itself;
 * a re-run keeps files that exist and validate (status ``cached``) and retries the rest;
 * ``out_dir/manifest.csv`` (``MANIFEST_COLUMNS``) gets one row per movie; it is written
   atomically (``safeio.write_csv``: spreadsheet formulas neutralised) every
@@ -28,10 +29,12 @@
 * a poster or manifest that cannot be written (disk full, read-only folder) stops the run
   with a one-line ``safeio.OutputError``; no partial file is left behind.
 
-Statuses: ``ok``, ``cached``, ``no_url``, ``invalid_url``, ``invalid_id``, ``http_<code>``
+Statuses: ``ok``, ``cached``, ``no_url``, ``invalid_url``, ``invalid_id``, ``not_a_file`` (a folder,
+FIFO or device sits where the poster would go: left alone), ``http_<code>``
 (e.g. ``http_404``, ``http_500``), ``timeout``, ``connection_error``, ``truncated`` (body
 cut short or image data incomplete), ``not_image``, ``too_large`` (more than ``max_bytes``),
-``bomb`` (more than ``max_pixels``), ``too_many_redirects``, ``blocked_host`` (the host or a
+``bomb`` (more than ``max_pixels``), ``unsupported_encoding`` (a ``Content-Encoding`` other than
+the gzip or deflate asked for), ``too_many_redirects``, ``blocked_host`` (the host or a
 redirect is not on the public internet) and ``http_error`` (any other HTTP-level failure).
 """
 
@@ -292,6 +295,18 @@ def _save_if_valid(body: bytes, part: Path, dest: Path, max_pixels: int) -> str:
 # --------------------------------------------------------------------------- one poster
 
 
+def _occupied(path: Path) -> bool:
+    """Whether something that is not a regular file (or a link to one) sits at ``path``."""
+    import stat
+
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return os.path.lexists(path)  # a dangling link
+    except OSError:
+        return True
+
+
 def _final_path(out_dir: Path, movie_id: str) -> Path:
     return out_dir / f"{movie_id}.jpg"
 
@@ -312,6 +327,9 @@ async def _fetch_one(
     if not _ID_RE.fullmatch(movie_id):  # not a file name fetch would write (nothing to fetch without a URL)
         return FetchResult(movie_id, "no_url" if url is None else "invalid_id", final_url=url or "")
     dest = _final_path(out_dir, movie_id)
+    if _occupied(dest):  # a folder, FIFO or device named like the poster: reported, never opened
+        log.warning("%s is not a regular file: leaving it alone", dest)
+        return FetchResult(movie_id, "not_a_file", final_url=url or "")
     if dest.exists():
         if await asyncio.to_thread(validate_image, dest, config.max_pixels) == "ok":
             return FetchResult(movie_id, "cached", dest.stat().st_size, 0, url or "")

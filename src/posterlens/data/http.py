@@ -4,7 +4,8 @@
 ``--allow-url-fetch`` (``download``). Every connection (the first request and each redirect
 hop) resolves the host, refuses it if any address is loopback, private, link-local,
 multicast, reserved or otherwise not global, and connects to the address it checked (no
-second DNS answer, so no DNS rebinding); ``allow_private_hosts`` lifts this.
+second DNS answer, so no DNS rebinding); ``allow_private_hosts`` opens loopback and private
+addresses, never link-local ones (169.254.169.254 is the cloud metadata service).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import random
 import socket
 import ssl
 import time
+import zlib
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -39,6 +41,7 @@ HEADERS = {
     ),
     "Accept": "image/avif,image/webp,image/apng,image/*,*/*;q=0.8",
     "Accept-Language": "en-US,en;q=0.9",
+    "Accept-Encoding": "gzip, deflate",  # the encodings ``_read_body`` decodes itself, with a cap
 }
 MAX_REDIRECTS = 5
 _CHUNK_SIZE = 64 * 1024
@@ -93,15 +96,21 @@ async def _resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-async def public_addresses(host: str, port: int) -> list[str]:
-    """Resolve ``host``; raise ``BlockedHostError`` if ANY of its addresses is not public."""
+# kinds of address ``allow_private_hosts`` opens (local test servers, a mirror on the LAN); link-local
+# (169.254.0.0/16: the cloud metadata service), multicast, unspecified and reserved stay closed
+PRIVATE_KINDS = frozenset({"loopback", "private", "non-global"})
+
+
+async def public_addresses(host: str, port: int, allowed: frozenset[str] = frozenset()) -> list[str]:
+    """Resolve ``host``; raise ``BlockedHostError`` if ANY of its addresses is not public (or of a
+    kind in ``allowed``)."""
     try:
         addresses = await _resolve(host, port)
     except (OSError, UnicodeError) as err:  # socket.gaierror is an OSError
         raise httpcore.ConnectError(f"cannot resolve {host}: {err}") from None
     for address in addresses:
         problem = address_problem(address)
-        if problem:
+        if problem and problem not in allowed:
             shown = host if host == address else f"{host} ({address})"
             raise BlockedHostError(f"{shown} is a {problem} address, not a public internet host")
     return addresses
@@ -110,14 +119,15 @@ async def public_addresses(host: str, port: int) -> list[str]:
 class _PublicOnlyBackend(httpcore.AsyncNetworkBackend):
     """httpcore network backend that connects only to the public addresses it resolved."""
 
-    def __init__(self) -> None:
+    def __init__(self, allowed: frozenset[str] = frozenset()) -> None:
         self._inner = httpcore.AnyIOBackend()
+        self.allowed = allowed
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None, socket_options: Any = None
                           ) -> httpcore.AsyncNetworkStream:
         error: Exception | None = None
-        for address in await public_addresses(host, port):  # connect to what was checked
+        for address in await public_addresses(host, port, self.allowed):  # connect to what was checked
             try:
                 return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
             except httpcore.ConnectError as err:  # e.g. an IPv6 address without a route
@@ -140,14 +150,14 @@ class _PublicOnlyTransport(httpx.AsyncHTTPTransport):
     that a redirect to loopback is refused, so a change in httpx cannot go unnoticed).
     """
 
-    def __init__(self, ssl_context: ssl.SSLContext, limits: httpx.Limits) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext, limits: httpx.Limits, allowed: frozenset[str] = frozenset()) -> None:
         super().__init__(verify=ssl_context, limits=limits, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_PublicOnlyBackend(),
+            network_backend=_PublicOnlyBackend(allowed),
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -190,13 +200,47 @@ def _http_failure(response: httpx.Response, config: FetchConfig) -> Attempt:
     return Attempt(f"http_{code}", str(response.url), retry=True, retry_after=wait)
 
 
+class UnsupportedEncoding(Exception):
+    """A ``Content-Encoding`` this client did not ask for (it sends ``ACCEPT_ENCODING``)."""
+
+
+def _decoder(response: httpx.Response):
+    """A zlib decompressor for the response's ``Content-Encoding`` (None: the body is as sent)."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or zlib header, detected
+    raise UnsupportedEncoding(encoding)
+
+
 async def _read_body(response: httpx.Response, max_bytes: int) -> bytes | None:
-    """The response body, or ``None`` as soon as it passes ``max_bytes``."""
-    body = bytearray()
-    async for chunk in response.aiter_bytes(_CHUNK_SIZE):
-        body += chunk
-        if len(body) > max_bytes:
-            return None
+    """The response body, decompressed here, or ``None`` as soon as it passes ``max_bytes``.
+
+    The raw bytes are inflated at most ``max_bytes + 1`` at a time (``decompress``'s
+    ``max_length``), so a compression bomb is cut at the cap: memory stays within ``max_bytes``
+    and a raw chunk per download, not what the bomb would inflate to.
+    """
+    decoder, body = _decoder(response), bytearray()
+    try:
+        async for chunk in response.aiter_raw(_CHUNK_SIZE):
+            while chunk:
+                if decoder is None:
+                    body += chunk
+                    chunk = b""
+                else:
+                    body += decoder.decompress(chunk, max_bytes + 1 - len(body))
+                    chunk = decoder.unconsumed_tail
+                if len(body) > max_bytes:
+                    return None
+        if decoder is not None:
+            body += decoder.flush()  # all input is consumed: what is left is small
+    except zlib.error as err:
+        raise httpx.DecodingError(f"corrupt compressed body: {err}") from None
+    if len(body) > max_bytes:
+        return None
+    if decoder is not None and not decoder.eof:
+        raise httpx.RemoteProtocolError("the compressed body ends before its end")
     return bytes(body)
 
 
@@ -215,6 +259,8 @@ async def get(client: httpx.AsyncClient, url: str, config: FetchConfig) -> Attem
                     return Attempt("too_large", final_url, int(declared))
                 try:
                     body = await _read_body(response, config.max_bytes)
+                except UnsupportedEncoding:  # one the request did not accept
+                    return Attempt("unsupported_encoding", final_url)
                 except httpx.TimeoutException:
                     raise
                 except httpx.TransportError as err:  # e.g. fewer bytes than Content-Length
@@ -260,10 +306,13 @@ async def get_with_retries(
 def client(ssl_context: ssl.SSLContext, config: FetchConfig) -> httpx.AsyncClient:
     """A client holding one keep-alive connection (re-opened when the host changes).
 
-    Unless ``config.allow_private_hosts``, it connects to public internet addresses only.
+    It connects to public internet addresses only; ``config.allow_private_hosts`` adds loopback and
+    private ones (``PRIVATE_KINDS``), never link-local ones such as the cloud metadata service.
+    Environment proxies are never used: a proxy would resolve the hosts itself.
     """
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    transport = None if config.allow_private_hosts else _PublicOnlyTransport(ssl_context, limits)
+    allowed = PRIVATE_KINDS if config.allow_private_hosts else frozenset()
+    transport = _PublicOnlyTransport(ssl_context, limits, allowed)
     return httpx.AsyncClient(
         headers=HEADERS,
         follow_redirects=True,

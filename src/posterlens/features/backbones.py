@@ -6,6 +6,7 @@ normalisation: nothing else hard-codes 224 or (x - 127) / 128.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import os
 from dataclasses import dataclass, replace
@@ -44,8 +45,35 @@ class Backbone:
 
     @property
     def key(self) -> str:
-        """Identifies the embeddings this backbone produces (cache and model files use it)."""
-        return f"{self.name}-{self.width}x{self.height}-{self.pooling}"
+        """Identifies the embeddings this backbone produces (the feature cache and the exports use it):
+        name, input size and pooling, and for weights of the user's the digest of their file, so that
+        other weights never reuse these embeddings."""
+        base = f"{self.name}-{self.width}x{self.height}-{self.pooling}"
+        registered = REGISTRY.get(self.name)
+        if self.weights == "timm-hub" or (registered is not None and self.weights == registered.weights):
+            return base
+        return f"{base}-w{_file_digest(self.weights)}"
+
+
+def _file_digest(path: str) -> str:
+    """The first 12 hex digits of a weights file's SHA-256 (``missing`` where it cannot be read)."""
+
+    try:
+        info = os.stat(path)
+    except OSError:
+        return "missing"
+    return _digest_of(str(path), info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_of(path: str, size: int, mtime: int) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 FIRST_BLOCK = 2  # the multi-level embedding describes blocks from this one on
@@ -179,12 +207,19 @@ def _load_state_dict(path: Path) -> dict:
     """Read a weights file without executing code (safetensors, or torch weights_only)."""
     import torch
 
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch and safetensors raise many types for a file that is not weights
+        raise BackboneError(f"{path}: not a weights file torch can read safely "
+                            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"{path}: holds no state dict of tensors (a model's weights file)")
+    return state
 
 
 def _match_in_order(source: dict, target: dict, name: str) -> dict:

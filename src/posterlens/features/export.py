@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+from posterlens.errors import OutputError
 from posterlens.features.backbones import Backbone, create_model
 
 __all__ = ["EXPORT_VERSION", "torch_module", "export_onnx", "onnx_file"]
@@ -50,14 +51,16 @@ def export_onnx(backbone: Backbone, path: Path) -> None:
 
     model = torch_module(backbone)
     example = torch.zeros(1, backbone.height, backbone.width, 3, dtype=torch.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(tmp), input_names=["pixels"], output_names=["features"],
                               dynamic_axes={"pixels": {0: "batch"}}, opset_version=17, dynamo=False)
         os.replace(tmp, path)
+    except OSError as err:  # a full disk or a read-only cache
+        raise OutputError(path, err) from None
     finally:
         tmp.unlink(missing_ok=True)
 

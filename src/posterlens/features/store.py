@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from posterlens.errors import OutputError
 from posterlens.features.backbones import Backbone
 
 __all__ = ["FeatureCache", "NoCache", "default_cache_dir", "COMPACT_AFTER"]
@@ -46,7 +47,11 @@ class FeatureCache:
 
     def __init__(self, root: Path, backbone: Backbone, int8: bool = False):
         self.dir = Path(root) / "features" / (backbone.key + ("-int8" if int8 else ""))
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.failed = False  # a write failed: warned once, no more warnings
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(self.dir, err) from None
         self.dim = backbone.feature_dim
 
     def _chunks(self) -> list[Path]:
@@ -85,12 +90,18 @@ class FeatureCache:
 
         if not keys:
             return
+        from safetensors import SafetensorError
+
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         name = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
         tmp = self.dir / f".{name}.tmp"
         try:
             save_file({"features": vectors}, str(tmp), metadata={"keys": ",".join(keys), "sha256": _digest(keys, vectors)})
             os.replace(tmp, self.dir / f"{name}.safetensors")
+        except (OSError, SafetensorError) as err:  # a full disk, a read-only cache: embed on, uncached
+            if not self.failed:
+                log.warning("cannot write to the feature cache %s (%s): going on without caching", self.dir, err)
+            self.failed = True
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -101,6 +112,8 @@ class FeatureCache:
             return
         table = self.load()
         self.add(list(table), np.stack(list(table.values())))
+        if self.failed:  # the merged file was not written: keep the chunks
+            return
         for chunk in chunks:
             chunk.unlink(missing_ok=True)
 

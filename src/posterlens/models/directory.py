@@ -48,6 +48,12 @@ FORMAT = 2
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a file name or timm name: no path, no '..'
 _KNOWN = {"format", "posterlens_version", "backbones", "genres", "genre_model", "score_mode", "score_model",
           "text_model", "files", "digest"}
+# What training records beside the models (``PosterModel.info``), with the type each must have. Nothing
+# here is a path the code follows: a model is data confined to its folder.
+_INFO = {"training": dict, "n_train": int, "n_train_genres": int, "n_train_scores": int, "train_genre_counts": dict,
+         "train_score_mean": (float, int, type(None)), "data_fingerprint": str, "validation": (dict, type(None)),
+         "evaluated_on": str, "holdout_ids": list}
+_LEGACY = {"catalog", "images"}  # written by models before 2026-12 (build-machine paths): accepted, never read
 TEXT_FILES = ["text_model.safetensors", "text_model.json"]  # what a text model (``models.text``) adds
 TEXT_OCR = set(OcrSettings.__dataclass_fields__)
 
@@ -160,13 +166,17 @@ def _backbone_entry(backbone: backbones.Backbone, out: Path) -> dict:
 
 def save(model: PosterModel, out: Path, tables: dict[str, pd.DataFrame] | None = None, index=None) -> Path:
     """Write the model directory ``out`` whole or not at all (built in a temporary sibling, then swapped in)."""
+    from safetensors import SafetensorError
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         _write(model, tmp, tables or {}, index)
         _swap(tmp, out)
+    except SafetensorError as err:  # safetensors reports a full disk or a read-only folder as its own error
+        raise ModelError(f"{out}: cannot write the model ({err}); free some space or choose a writable --out") from None
     except OSError as err:
         raise ModelError(f"{out}: cannot write the model ({err.strerror or err}); "
                          "free some space or choose a writable --out") from None
@@ -253,6 +263,8 @@ def read_config(model_dir: Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise _fail(path, f"not valid JSON ({err})") from None
+    except RecursionError:
+        raise _fail(path, "nested too deep to be a model configuration") from None
     if not isinstance(config, dict):
         raise _fail(path, "not a JSON object")
     if config.get("format") != FORMAT:
@@ -271,6 +283,12 @@ def read_config(model_dir: Path) -> dict:
 
 def _check_schema(config: dict, path: Path) -> None:
     """Types, names and ranges of everything ``load`` reads."""
+    unknown = sorted(set(config) - _KNOWN - set(_INFO) - _LEGACY)
+    if unknown:
+        raise _fail(path, f"unknown key(s) {unknown}: a model directory holds only {sorted(_KNOWN | set(_INFO))}")
+    for key, kind in _INFO.items():
+        if key in config and not isinstance(config[key], kind):
+            raise _fail(path, f"'{key}' has the wrong type ({type(config[key]).__name__})")
     files = config.get("files")
     if not isinstance(files, dict) or not all(isinstance(k, str) and _SAFE_NAME.match(k) and isinstance(v, str)
                                               for k, v in files.items()):
@@ -357,18 +375,24 @@ def _backbone(entry: dict, model_dir: Path) -> backbones.Backbone:
 
 
 def _load_arrays(file: Path) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors file, each checked numeric and finite (a NaN weight or an
+    infinite threshold would predict nonsense silently)."""
     from safetensors.numpy import load_file
 
     try:
-        return load_file(str(file))
+        arrays = load_file(str(file))
     except Exception as err:  # safetensors raises its own error types for a damaged header
         raise ModelError(f"{file}: not a readable safetensors file ({err})") from None
+    for name, array in arrays.items():
+        if array.dtype.kind not in "fiu" or (array.dtype.kind == "f" and not np.isfinite(array).all()):
+            raise ModelError(f"{file}: '{name}' holds values that are not finite numbers; retrain the model")
+    return arrays
 
 
 def _head(entry: dict, file: Path):
     try:
         return HEADS[entry["class"]].from_arrays(_load_arrays(file), entry["params"])
-    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError, ZeroDivisionError) as err:
         raise ModelError(f"{file}: does not fit its configuration ({type(err).__name__}: {err})") from None
 
 
@@ -392,7 +416,7 @@ def load(model_dir: Path) -> PosterModel:
         raise _fail(model_dir / SCORE_FILE, f"expects {score_model.n_features_in_} features, the backbones give {spec.feature_dim}")
     text = None if config.get("text_model") is None else _text(config["text_model"], model_dir, config["genres"])
     return PosterModel(spec, list(config["genres"]), genre_model, score_model, config["score_mode"],
-                       {k: v for k, v in config.items() if k not in _KNOWN}, text=text)
+                       {k: v for k, v in config.items() if k in _INFO}, text=text)
 
 
 def _text(entry: dict, model_dir: Path, genres: list[str]) -> TextModel:

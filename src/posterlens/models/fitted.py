@@ -244,6 +244,8 @@ class ScoreHead:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], params: dict) -> "ScoreHead":
         n = int(arrays["scale.n_features_in_"][0])
+        if n < 1 or not float(params["gamma_scale"]) > 0:
+            raise ValueError(f"scale.n_features_in_ = {n} and gamma_scale = {params['gamma_scale']}: both must be positive")
         head = cls(dict(params), dict(arrays), float(params["gamma_scale"]) / n)
         a = head.arrays
         shapes_agree = (a["scale.mean_"].shape == a["scale.scale_"].shape == (n,)

@@ -28,6 +28,10 @@ THUMBNAIL = (48, 72)  # width, height of a poster thumbnail
 THUMBNAIL_QUALITY = 60  # WebP quality: about 1.1 KB a poster (4,482 posters: 4.9 MB), 2 ms to make one
 
 
+class SimilarIndexError(ValueError):
+    """The similar-movies files of a model directory do not fit together."""
+
+
 def thumbnail(path: str | Path) -> bytes:
     """A poster file as a small WebP image (``THUMBNAIL``); empty where it cannot be read."""
     import io
@@ -90,12 +94,19 @@ class SimilarIndex:
 
         if not (model_dir / INDEX_FILE).is_file():
             return None
-        movies = pd.read_csv(model_dir / MOVIES_FILE, dtype={"id": str, "title": str, "genres": str, "key": str},
-                             keep_default_na=False)
-        index = hnswlib.Index(space="cosine", dim=dim)
-        index.load_index(str(model_dir / INDEX_FILE), max_elements=len(movies))
-        index.set_ef(200)
-        centre, thumbnails = _extra(model_dir / EXTRA_FILE, dim, len(movies))
+        try:
+            movies = pd.read_csv(model_dir / MOVIES_FILE, dtype={"id": str, "title": str, "genres": str, "key": str},
+                                 keep_default_na=False)
+            if not {"id", "title", "genres", "score", "key"} <= set(movies.columns):
+                raise ValueError(f"{MOVIES_FILE} lacks columns")
+            index = hnswlib.Index(space="cosine", dim=dim)
+            index.load_index(str(model_dir / INDEX_FILE), max_elements=len(movies))
+            if index.get_current_count() != len(movies):
+                raise ValueError(f"{index.get_current_count()} posters in the index, {len(movies)} in {MOVIES_FILE}")
+            index.set_ef(200)
+            centre, thumbnails = _extra(model_dir / EXTRA_FILE, dim, len(movies))
+        except Exception as err:  # hnswlib and pandas raise their own types for a damaged file
+            raise SimilarIndexError(f"{model_dir}: the similar-movies index is damaged ({err}); retrain the model") from None
         return cls(index, movies, centre, thumbnails)
 
     def query(self, vectors: np.ndarray, k: int, exclude: list[str | None] | None = None) -> list[pd.DataFrame]:

@@ -16,6 +16,7 @@ The posters' text itself is read by ``features.ocr``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -324,8 +325,11 @@ class TextModel:
                 score = _typed(score, {"alpha": 10.0})
                 expected.update({"score.coef": (d,), "score.intercept": (1,), "score.stack": (3,)})
             for key, shape in expected.items():
-                if arrays[key].shape != shape or not np.isfinite(arrays[key]).all():
-                    raise ValueError(f"{key}: shape {arrays[key].shape}, expected {shape} (finite)")
+                if arrays[key].shape != shape or arrays[key].dtype.kind != "f" or not np.isfinite(arrays[key]).all():
+                    raise ValueError(f"{key}: shape {arrays[key].shape} {arrays[key].dtype}, expected {shape} finite floats")
+                if np.abs(arrays[key]).max(initial=0) > MAX_WEIGHT:
+                    raise ValueError(f"{key}: values over {MAX_WEIGHT:g} are no fitted weights")
+            _consistent(params, rule, score, vocab, arrays["fusion.thresholds"])
         except (KeyError, TypeError, ValueError) as err:
             raise TextModelError(f"{folder}: text model does not fit ({err})") from None
         fusion = TextFusion(**rule)
@@ -337,6 +341,26 @@ class TextModel:
             model.score.coef_, model.score.intercept_ = arrays["score.coef"], arrays["score.intercept"]
             model.score.stack_ = arrays["score.stack"]
         return model
+
+
+MAX_WEIGHT = 1e6  # a fitted weight, idf or bias larger than this is damage, not learning
+
+
+def _consistent(params: dict, rule: dict, score: dict | None, vocab: dict, thresholds: np.ndarray) -> None:
+    """Settings that are each in range but must also agree (``ValueError`` naming the first that does not)."""
+    if not 1 <= params["char_min_n"] <= params["char_max_n"]:
+        raise ValueError(f"char_min_n {params['char_min_n']} and char_max_n {params['char_max_n']}: need 1 <= min <= max")
+    if params["word_max_n"] < 1 or params["min_df"] < 1 or params["char_features"] < 1 or not params["C"] > 0:
+        raise ValueError("word_max_n, min_df and char_features must be 1 or more, C positive")
+    if not (rule["max_labels"] >= 1 and rule["rank_power"] >= 0 and rule["threshold_scale"] > 0):
+        raise ValueError(f"rule {rule}: max_labels >= 1, rank_power >= 0, threshold_scale > 0")
+    if score is not None and not score["alpha"] > 0:
+        raise ValueError(f"score alpha {score['alpha']}: must be positive")
+    if not ((thresholds > 0) & (thresholds <= 1)).all():
+        raise ValueError("fusion.thresholds must be probabilities in (0, 1]")
+    for name, words in vocab.items():
+        if len(set(words)) != len(words) or not all(words):
+            raise ValueError(f"the {name} vocabulary has an empty or repeated entry")
 
 
 def _typed(given: dict, defaults: dict) -> dict:
@@ -351,5 +375,7 @@ def _typed(given: dict, defaults: dict) -> dict:
         kind = type(defaults[key])
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
             raise ValueError(f"{key}: {value!r} is not a {kind.__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"{key}: {value!r} is not a finite number")
         out[key] = kind(value)
     return out

@@ -137,13 +137,17 @@ class Predictor:
     in-memory images are embedded without touching the cache.
     """
 
-    def __init__(self, model_dir: str | Path, cache: str | Path, engine: str = "auto"):
+    def __init__(self, model_dir: str | Path, cache: str | Path, engine: str = "auto", posters: str | Path | None = None):
         from threadpoolctl import ThreadpoolController
 
         self.model_dir = Path(model_dir)
         self.model = model_files.load(self.model_dir)
-        self.index = SimilarIndex.load(self.model_dir, self.model.space_dim)
+        try:
+            self.index = SimilarIndex.load(self.model_dir, self.model.space_dim)
+        except ValueError as err:
+            raise ModelError(str(err)) from None
         self.cache = Path(cache)
+        self.posters = None if posters is None else Path(posters)  # training posters' files, for similar movies
         resolve_engine(engine)  # an unknown name fails here, not at the first poster
         self.engine = engine  # resolved for each job: int8 pays for large ones (resolve_engine)
         self._runners: dict[str, list[Runner]] = {}  # by resolved engine
@@ -345,18 +349,20 @@ class Predictor:
 
     @cached_property
     def poster_files(self) -> dict[str, str]:
-        """Poster file of each training movie, from the catalogue the model records (``info["catalog"]``)."""
-        from posterlens.data.catalog import CatalogError, read_catalog
+        """Poster file of each training movie in ``posters``, the folder the caller named (none: {}).
 
-        source = self.model.info.get("catalog")
-        if not source or not Path(source).is_file():  # e.g. a released model away from its build machine
+        A model never names files itself: its similar movies show the thumbnails it carries, or
+        files of that folder only, ``<id>.jpg``, regular files whose real path stays inside it.
+        """
+        if self.posters is None or self.index is None:
             return {}
-        try:
-            table = read_catalog(source, self.model.info.get("images"), require_posters=False)
-        except (CatalogError, OSError) as err:
-            log.warning("no poster paths for similar movies: %s", err)
-            return {}
-        return {str(i): str(p) for i, p in zip(table["id"], table["path"]) if p}
+        folder = self.posters.resolve()
+        found = {}
+        for movie_id in self.index.movies["id"].astype(str):
+            path = (folder / f"{movie_id}.jpg").resolve()
+            if path.parent == folder and path.is_file():
+                found[movie_id] = str(path)
+        return found
 
 
 def _validation_summary(validation: dict | None) -> str:
@@ -373,12 +379,14 @@ def _validation_summary(validation: dict | None) -> str:
     return f"{validation['method']}: {', '.join(parts)}"
 
 
-def load(path: str | Path | None = None, cache: str | Path | None = None, engine: str = "auto") -> Predictor:
+def load(path: str | Path | None = None, cache: str | Path | None = None, engine: str = "auto",
+         posters: str | Path | None = None) -> Predictor:
     """Load a model directory for predictions (``posterlens.load``).
 
     ``path`` defaults to the released model (``released_model_dir()``), ``cache`` to
-    ``default_cache_dir()``.
+    ``default_cache_dir()``; ``posters``: a folder of the training posters (``<id>.jpg``) for
+    similar movies' ``poster`` column (the model's own thumbnails need none).
     """
-    return Predictor(model_dir_or_released(path), cache or default_cache_dir(), engine)
+    return Predictor(model_dir_or_released(path), cache or default_cache_dir(), engine, posters)
 
 

@@ -233,8 +233,6 @@ def train(catalog_path: Path, images: Path | None, out: Path, config: TrainConfi
     model.info["validation"] = validation
     model.info["evaluated_on"] = validation["method"] if validation else "nothing (no holdout, no folds)"
     model.info["holdout_ids"] = data.table["id"].iloc[test_idx].tolist()
-    model.info["catalog"] = str(Path(catalog_path).resolve())  # where similar movies' posters are looked up
-    model.info["images"] = str(Path(images).resolve()) if images else None
     seconds["fit"] = time.perf_counter() - start - seconds["embed"]
     extra = {
         CURVES_FILE: model.curves,

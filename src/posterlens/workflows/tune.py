@@ -52,6 +52,7 @@ N_JOBS = {"genre": 2, "score": 1, "cnn": 1}  # processes; each genre fit trains 
 QUICK = {"genre": {"epochs": 2, "calibration_folds": 2}, "cnn": {"epochs": 2}}  # fixed settings under --quick
 BUDGET = 12  # configurations drawn at random per model (besides today's defaults) unless --budget says otherwise
 QUICK_BUDGET = 4
+MAX_VALUES = 1000  # values one parameter of a space may list
 MAX_GRID = 1_000_000  # a grid larger than this is sampled, never listed (and --budget is capped to it)
 QUICK_POSTERS = 120
 QUICK_MIN_GENRE_COUNT = 5
@@ -174,6 +175,8 @@ def check_space(space, where: str) -> dict[str, dict[str, list]]:
                                  f"{', '.join(sorted(defaults))}")
             if not isinstance(values, list) or not values:
                 raise SpaceError(f"{where}: {key}: expected a non-empty list of values (got {values!r})")
+            if len(values) > MAX_VALUES:
+                raise SpaceError(f"{where}: {key}: {len(values):,} values; at most {MAX_VALUES:,} a parameter")
             for value in values:
                 error = _value_error(section, name, value, defaults[name])
                 if error:
