@@ -219,3 +219,48 @@ def test_a_feature_cache_that_cannot_be_written_warns_once_and_embeds_on(tmp_pat
                              progress=False)
     assert result.ok.all() and caplog.text.count("cannot write to the feature cache") == 1
     assert not list((tmp_path / "cache" / "features").rglob("*.safetensors"))
+
+
+# --- my own probes: a new user's broken files, an attacker's crafted ones -------------------
+
+def test_a_config_json_that_is_a_link_out_of_the_folder_is_refused(model_copy):
+    (model_copy / "config.json").unlink()
+    (model_copy / "config.json").symlink_to("/etc/passwd")
+    with pytest.raises(ModelError, match="a link, not a file of the model directory"):
+        directory.load(model_copy)
+
+
+def test_reports_into_an_existing_file_are_one_line(trained_model, sample_dir, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for args in (("evaluate", "-m", trained_model, "-c", sample_dir / "MovieGenre.csv", "-o", taken),
+                 ("similar", "-m", trained_model, "-i", sorted((sample_dir / "images").glob("*.jpg"))[0], "-o", taken)):
+        result = _cli(*args)
+        assert result.exit_code == 2 and "a file has that name" in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_one_poster_is_too_few_for_a_holdout_and_says_what_to_do(tmp_path, sample_dir):
+    catalogue = tmp_path / "MovieGenre.csv"
+    catalogue.write_text("imdbId,Imdb Link,Title,IMDB Score,Genre,Poster\n85154,l,T,5.0,Drama|Romance,x\n")
+    result = _cli("train", "-c", catalogue, "-i", sample_dir / "images", "-o", tmp_path / "m", "--min-genre-count", "1")
+    assert result.exit_code == 2 and "1 poster is too few for a 20% holdout" in result.output
+    assert "lower --min-genre-count" not in result.output
+
+
+def test_a_device_as_catalogue_is_named_for_what_it_is(tmp_path):
+    result = _cli("train", "-c", "/dev/null", "-o", tmp_path / "m")
+    assert result.exit_code == 2 and "not a regular file" in result.output
+
+
+def test_a_space_is_held_to_the_estimators_ranges(tmp_path):
+    from posterlens.errors import SpaceError
+    from posterlens.workflows import tune
+
+    space = tmp_path / "space.yaml"
+    space.write_text("genre:\n  hidden: [0, 100000000]\n")
+    with pytest.raises(SpaceError, match=r"genre.hidden: 100000000 is out of range \[0, 65,536\]"):
+        tune.load_space(space)
+    space.write_bytes(b"genre:\n  wd: [\xff\xfe]\n")
+    with pytest.raises(SpaceError, match="not UTF-8"):
+        tune.load_space(space)

@@ -125,3 +125,28 @@ def test_concurrent_requests_on_a_real_server(predictor, poster):
         with ThreadPoolExecutor(20) as pool:
             codes = list(pool.map(one, range(20)))
     assert codes == [200] * 20
+
+
+def test_a_client_that_hangs_up_after_a_413_leaves_no_error(predictor, caplog):
+    """Upload past the cap without Content-Length, then hang up: the server logs no error and stays up."""
+    import logging
+    import socket
+    from urllib.parse import urlparse
+
+    app = serve.create_app(predictor, max_upload_bytes=100_000)
+    with caplog.at_level(logging.WARNING), serve.background(app) as url:
+        host, port = urlparse(url).hostname, urlparse(url).port
+        for hang_up_before_reading in (True, False):
+            with socket.create_connection((host, port), timeout=30) as raw:
+                raw.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+                part = b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.jpg"\r\n\r\n'
+                raw.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                chunk = bytes(64_000)
+                for _ in range(4):
+                    raw.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                if not hang_up_before_reading:
+                    assert b" 413 " in raw.recv(4096).split(b"\r\n")[0] + b" "
+        assert httpx.get(f"{url}/api/health", timeout=30).status_code == 200
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]

@@ -66,8 +66,14 @@ class OutputError(UserError, OSError):
     """An output file cannot be written; the message names the file and what to do."""
 
     def __init__(self, path: str | Path, err: OSError):
+        import errno
+
         reason = err.strerror or str(err)
-        super().__init__(err.errno, f"{path}: cannot write ({reason}); free some space or choose a writable location")
+        advice = {errno.EEXIST: "a file has that name: choose another path",
+                  errno.ENOTDIR: "a file stands where a folder should be: choose another path",
+                  errno.ENOSPC: "free some space or choose another location"}.get(
+            err.errno, "free some space or choose a writable location")
+        super().__init__(err.errno, f"{path}: cannot write ({reason}); {advice}")
         self.path = str(path)
 
     def __str__(self) -> str:

@@ -23,11 +23,22 @@ import pandas as pd
 
 from posterlens.errors import OutputError
 
-__all__ = ["OutputError", "atomic_write", "remove_stale_temps", "neutralise", "neutralise_frame",
+__all__ = ["OutputError", "make_dir", "atomic_write", "remove_stale_temps", "neutralise", "neutralise_frame",
            "write_csv", "write_text", "write_json"]
 
 # A cell starting with one of these is a formula to Excel, LibreOffice or Google Sheets.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def make_dir(path: str | Path) -> Path:
+    """``path`` as a folder (made with its parents where missing), or an ``OutputError`` naming it
+    (a file of that name, a read-only parent, a full disk)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(path, err) from None
+    return path
 
 
 @contextmanager

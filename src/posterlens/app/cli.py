@@ -347,7 +347,7 @@ def similar(
 
         found = predicting.load(model, cache, posters=posters).similar(image, k)
         if out:
-            out.mkdir(parents=True, exist_ok=True)
+            safeio.make_dir(out)
             safeio.write_csv(found, out / "similar.csv")
     view = Table(title=f"Movies similar to {image.name}")
     for column in ("title", "genres", "score", "similarity"):

@@ -44,10 +44,7 @@ def merge_tables(score: pd.DataFrame | None, genre: pd.DataFrame | None) -> pd.D
 
 def write_parts(predictions: pd.DataFrame, out: Path) -> dict[str, Path]:
     """Write the score, genre and error CSV files into ``out``."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise safeio.OutputError(out, err) from None
+    safeio.make_dir(out)
     return {name: safeio.write_csv(table, out / name) for name, table in part_tables(predictions).items()}
 
 

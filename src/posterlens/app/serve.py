@@ -223,6 +223,7 @@ def create_app(predictor, allow_url_fetch: bool = False, max_upload_bytes: int =
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 
     limits = Limits(max_upload_bytes, max_pixels, allow_url_fetch)
     model_lock, explain_lock = threading.Lock(), threading.Lock()
@@ -232,6 +233,11 @@ def create_app(predictor, allow_url_fetch: bool = False, max_upload_bytes: int =
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
         return JSONResponse({"error": err.code, "detail": err.detail}, status_code=err.status)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, err: ClientDisconnect) -> Response:
+        """The client hung up mid-upload (after a 413, say): nothing to answer, nothing to log as an error."""
+        return Response(status_code=499)
 
     @app.middleware("http")
     async def same_origin_only(request: Request, call_next):

@@ -67,8 +67,10 @@ def read_catalog(source: str | Path, images: str | Path | None = None, require_p
     source = Path(source)
     if source.is_dir():
         return read_score_folder(source)
-    if not source.is_file():
+    if not source.exists():
         raise CatalogError(f"{source}: no such file or folder")
+    if not source.is_file():
+        raise CatalogError(f"{source}: not a regular file (a catalogue is a CSV file or a folder of posters)")
     with _csv_chunks(source) as (columns, chunks):
         if {"Id", "Genre"} <= set(columns) and "imdbId" not in columns:
             table = _from_multilabel(columns, chunks, source)

@@ -22,6 +22,9 @@ def holdout_split(Y: np.ndarray, fraction: float, seed: int) -> Split:
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
     from sklearn.model_selection import ShuffleSplit
 
+    if round(len(Y) * fraction) < 1 or len(Y) - round(len(Y) * fraction) < 2:
+        raise DataError(f"{len(Y)} poster{'s are' if len(Y) != 1 else ' is'} too few for a {fraction:.0%} holdout: "
+                        "add posters or use --holdout 0")
     if Y.shape[1] == 0:  # no genres (a score-only catalogue): a plain shuffled split
         splitter = ShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
     else:

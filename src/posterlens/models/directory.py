@@ -255,6 +255,8 @@ def read_config(model_dir: Path) -> dict:
     """``config.json`` after checking its digest, its schema and every file it lists."""
     model_dir = Path(model_dir)
     path = model_dir / CONFIG
+    if path.is_symlink():  # a model is read from its own folder only
+        raise ModelError(f"{path}: a link, not a file of the model directory")
     if not path.is_file():
         raise ModelError(f"{model_dir}: not a posterlens model directory (no {CONFIG})")
     if path.stat().st_size > 50_000_000:

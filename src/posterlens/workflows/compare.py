@@ -388,7 +388,7 @@ def plot(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def write_outputs(frame: pd.DataFrame, notes: list[str], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    safeio.make_dir(out)
     safeio.write_csv(frame, out / "compare.csv")
     text = ["# Architecture comparison", "", _display(frame).to_markdown(index=False), "", *notes, "",
             "![comparison](compare.png)", ""]

@@ -95,7 +95,7 @@ def evaluate(model_dir: Path, catalog_path: Path, images: Path | None, out: Path
     data = data.subset(fresh)
     result, arrays = compute(model, data)
     result["similar"] = similar_quality(model_dir, model, data, arrays["P"])
-    out.mkdir(parents=True, exist_ok=True)
+    safeio.make_dir(out)
     tables = {}
     if result["genre"] is not None:
         tables = {

@@ -243,14 +243,9 @@ def save(result: dict, out: Path, stem: str) -> list[Path]:
     """Write ``explain``'s overlays as ``<stem>.<genre>.png`` and its maps as ``<stem>.maps.npz`` in ``out``."""
     import re
 
-    from posterlens.errors import OutputError
-    from posterlens.safeio import atomic_write
+    from posterlens.safeio import atomic_write, make_dir
 
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # a file of that name, a read-only parent...
-        raise OutputError(out, err) from None
+    out = make_dir(out)
     written = []
     for genre, data in result["overlays"].items():
         path = out / f"{stem}.{re.sub(r'[^A-Za-z0-9_-]+', '_', genre)}.png"

@@ -37,6 +37,7 @@ from posterlens.errors import SettingsError, SpaceError
 from posterlens.features import backbones
 from posterlens.features.embed import embed_files
 from posterlens.models.estimators import GenreClassifier, ScoreRegressor
+from posterlens.models.fitted import PARAM_RULES
 from posterlens.models.pixels import SCHEDULES, PixelCNN, decode_posters
 from posterlens.progress import progress as progress_bar
 from posterlens.settings import read_file
@@ -179,6 +180,8 @@ def check_space(space, where: str) -> dict[str, dict[str, list]]:
                 raise SpaceError(f"{where}: {key}: {len(values):,} values; at most {MAX_VALUES:,} a parameter")
             for value in values:
                 error = _value_error(section, name, value, defaults[name])
+                rule = PARAM_RULES.get(SECTIONS[section].__name__, {}).get(name)
+                error = error or (rule.problem(value) if rule is not None else None)  # the estimator's own range
                 if error:
                     raise SpaceError(f"{where}: {key}: {error}")
         checked[section] = {name: [v.split("+") if name == "backbones" and isinstance(v, str) else v for v in values]

@@ -220,7 +220,7 @@ def report(frame: pd.DataFrame, found: list[Finding], notes: list[str], figures:
 
 def write_outputs(frame: pd.DataFrame, notes: list[str], out: Path) -> list[Finding]:
     """tune.csv, tune.md, the figures and best.json in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    safeio.make_dir(out)
     found = findings(frame)
     safeio.write_csv(frame, out / "tune.csv")
     figures = []
