@@ -6,7 +6,7 @@ loads one and serves it on 127.0.0.1. Endpoints:
 - ``GET /``: the page (``static/index.html``, ``app.js``, ``app.css``: nothing from elsewhere);
 - ``POST /api/predict`` (multipart ``image``, or ``url`` when URL fetching is on): genres,
   probabilities, score and similar movies;
-- ``POST /api/explain`` (same input, optional ``genres``): a heat map per genre (``explain.py``);
+- ``POST /api/explain`` (same input, optional ``genres``): a heat map per genre (``workflows.explain``);
 - ``GET /api/health``; ``GET /api/poster/{id}``: a training poster's thumbnail, which the model
   carries (``train --thumbnails``, the default), else ``<id>.jpg`` in the folder named by
   ``serve --posters`` (never a path the model names); OpenAPI at ``/docs``.

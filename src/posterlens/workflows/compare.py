@@ -5,7 +5,7 @@ Every model sees the same posters: the catalogue's readable posters, the genres 
 20%, seed 42). Each model is a scikit-learn estimator fitted on the training part and scored on
 the test part by one loop (``run``); four kinds:
 
-- ``head:<backbone>``: the default genre head (``heads.GenreClassifier``, as ``train`` builds it)
+- ``head:<backbone>``: the default genre head (``estimators.GenreClassifier``, as ``train`` builds it)
   on frozen, cached embeddings; calibration and label rule from out-of-fold predictions;
 - ``finetune:<backbone>``: ``pixels.FineTunedBackbone``, fastai two-stage fine-tuning of the
   pretrained backbone with a new linear head;
@@ -343,7 +343,7 @@ def describe(split: Split, catalog_path: Path, quick: bool, seed: int, models: l
         f"{len(split.train)} training / {len(split.test)} test posters. Heads are `GenreClassifier`s fit on the whole training part; "
         f"their calibration and label rule come from {GenreClassifier().calibration_folds}-fold out-of-fold predictions. "
         f"From-pixels models hold out {VALID_SIZE:.0%} of the training part ({n_valid} posters) for validation: early "
-        "stopping, best checkpoint and the label rule (`heads.LabelRule`).",
+        "stopping, best checkpoint and the label rule (`fitted.LabelRule`).",
         "- Heads share a frozen backbone, so their parameters and size_mb count the genre head only (the backbone's "
         "parameters are in the notes).",
         f"- Epochs: heads {n['head']} (`fit_one_cycle`; each run fits {GenreClassifier().calibration_folds} out-of-fold "
