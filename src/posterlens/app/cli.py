@@ -20,10 +20,11 @@ from rich.text import Text
 
 from posterlens import __version__
 from posterlens.app.views import metrics_table, predictions_table, validation_table
+from posterlens.data.fetch_config import FetchConfig
 from posterlens.errors import DataError, UserError
 from posterlens.features.backbones import DEFAULT_FEATURES
 from posterlens.features.engines import ENGINES
-from posterlens.workflows.config import SCORE_MODES, TrainConfig
+from posterlens.workflows.config import SCORE_MODES, TUNE_BUDGET, TUNE_QUICK_BUDGET, TrainConfig
 
 __all__ = ["app", "main"]
 
@@ -155,11 +156,11 @@ def embed(
 def fetch(
     catalog: Path = CatalogOpt,
     out: Path = typer.Option(..., "--out", "-o", help="folder to download the posters into"),
-    concurrency: Optional[int] = typer.Option(None, help="parallel connections (default: FetchConfig's, 16)"),
+    concurrency: Optional[int] = typer.Option(None, help=f"parallel connections (default: {FetchConfig.concurrency})"),
     retries: Optional[int] = typer.Option(None, help="extra attempts on timeouts, connection errors, 429 and 5xx "
-                                          "(default: FetchConfig's, 3)"),
-    timeout: Optional[float] = typer.Option(None, help="seconds per request (default: FetchConfig's, 20)"),
-    max_bytes: Optional[int] = typer.Option(None, help="largest poster accepted, in bytes (default: FetchConfig's, 10 MB)"),
+                                          f"(default: {FetchConfig.retries})"),
+    timeout: Optional[float] = typer.Option(None, help=f"seconds per request (default: {FetchConfig.timeout:g})"),
+    max_bytes: Optional[int] = typer.Option(None, help=f"largest poster accepted, in bytes (default: {FetchConfig.max_bytes:,})"),
     limit: Optional[int] = typer.Option(None, help="at most this many posters (after --sample)"),
     sample: Optional[str] = typer.Option(None, help="per-genre:K or random:N"),
     seed: int = typer.Option(42, help="seed for --sample"),
@@ -168,7 +169,7 @@ def fetch(
 ) -> None:
     """Download the catalogue's posters: concurrent, validated, resumable (manifest.csv)."""
     from posterlens.data import catalog as catalogs
-    from posterlens.data.fetch import FetchConfig, fetch_posters, select
+    from posterlens.data.fetch import fetch_posters, select
 
     given = {"concurrency": concurrency, "retries": retries, "timeout": timeout, "max_bytes": max_bytes}
     with _user_errors(ValueError):
@@ -396,7 +397,7 @@ def tune(
     space: str = typer.Option("heads", "--space", help="heads, features, cnn, or a YAML/JSON file of parameter lists"),
     folds: int = typer.Option(5, min=2, help="K-fold cross-validation (iterative stratification)"),
     budget: Optional[int] = typer.Option(None, min=1, max=100_000, help="configurations drawn at random per model, "
-                                         "besides today's defaults (default: 12; 4 with --quick)"),
+                                         f"besides today's defaults (default: {TUNE_BUDGET}; {TUNE_QUICK_BUDGET} with --quick)"),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", min=0.1, max=10_000,
                                                help="minutes: no configuration starts past this"),
     quick: bool = typer.Option(False, "--quick", help="a sample of the posters, 2 epochs, small built-in grids"),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from posterlens.data.fetch import FetchConfig
+from posterlens.data.fetch_config import FetchConfig
 from posterlens.features.backbones import DEFAULT_FEATURES
 from posterlens.models.fitted import PARAM_RULES
 from posterlens.settings import Range, check

@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
+from posterlens.data.images import IMAGE_SUFFIXES
 from posterlens.errors import CatalogError
 
 __all__ = ["CatalogError", "COLUMNS", "IMAGE_SUFFIXES", "read_catalog", "read_score_folder", "normalise_genre",
@@ -43,7 +44,6 @@ __all__ = ["CatalogError", "COLUMNS", "IMAGE_SUFFIXES", "read_catalog", "read_sc
 log = logging.getLogger(__name__)
 
 COLUMNS = ["id", "title", "genres", "score", "path", "url"]
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 MOVIEGENRE_COLUMNS = ["imdbId", "Title", "IMDB Score", "Genre"]
 ONEHOT_IGNORED = {"N/A"}
 # Genre spellings that Title Case would change (keys are case-folded).

@@ -27,7 +27,7 @@ import httpcore
 import httpx
 
 if TYPE_CHECKING:
-    from posterlens.data.fetch import FetchConfig
+    from posterlens.data.fetch_config import FetchConfig
 
 __all__ = ["HEADERS", "MAX_REDIRECTS", "Attempt", "BlockedHostError", "address_problem", "public_addresses",
            "client", "get", "get_with_retries", "download", "is_image_type"]

@@ -157,7 +157,7 @@ def _read_capped(path: Path, real: Path, max_bytes: int) -> bytes:
     return data
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}  # what a folder of posters holds (catalog too)
 NOT_POSTERS = {".csv", ".json", ".txt", ".md"}  # files a poster folder often holds beside its posters
 
 

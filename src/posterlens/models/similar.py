@@ -13,7 +13,7 @@ The index can carry its movies' poster thumbnails (``THUMBNAIL``: small WebP ima
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,7 @@ class SimilarIndex:
     movies: pd.DataFrame  # id, title, genres ("A|B"), score, key
     centre: np.ndarray | None = None
     thumbnails: list[bytes] | None = None
+    _rows: dict[str, int] | None = field(default=None, repr=False)  # id -> row, built on first lookup
 
     @classmethod
     def build(cls, vectors: np.ndarray, movies: pd.DataFrame, seed: int = 42,
@@ -85,8 +86,10 @@ class SimilarIndex:
         """The movie's poster thumbnail (WebP), or empty."""
         if not self.thumbnails:
             return b""
-        rows = np.flatnonzero(self.movies["id"].astype(str).to_numpy() == str(movie_id))
-        return self.thumbnails[rows[0]] if len(rows) else b""
+        if self._rows is None:
+            self._rows = {str(i): row for row, i in reversed(list(enumerate(self.movies["id"])))}
+        row = self._rows.get(str(movie_id))
+        return b"" if row is None else self.thumbnails[row]
 
     @classmethod
     def load(cls, model_dir: Path, dim: int) -> "SimilarIndex | None":

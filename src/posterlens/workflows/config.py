@@ -17,9 +17,11 @@ from posterlens.errors import SettingsError, TrainError
 from posterlens.features.backbones import DEFAULT_FEATURES
 from posterlens.settings import Choice, Range, check, read_file
 
-__all__ = ["TrainConfig", "SCORE_MODES"]
+__all__ = ["TrainConfig", "SCORE_MODES", "TUNE_BUDGET", "TUNE_QUICK_BUDGET"]
 
 SCORE_MODES = ("regression", "classes")  # ``estimators.SCORE_ESTIMATORS``' keys
+TUNE_BUDGET = 12  # configurations ``tune`` draws at random per model, besides today's defaults
+TUNE_QUICK_BUDGET = 4  # the same under ``tune --quick``
 
 
 @dataclass

@@ -236,13 +236,13 @@ class Predictor:
             "score": scores.astype(np.float32),
             **{g: P[:, j] for j, g in enumerate(genres)},
         })
+        space = self.model.space(P, np.stack([p.features for p in done])) if done else P
         if similar:
-            space = self.model.space(P, np.stack([p.features for p in done])) if done else P
             neighbours = self._neighbours(space, [p.key for p in done], similar) if done else []
             table["similar"] = [" | ".join(found["title"]) for found in neighbours]
         table.attrs["genres"] = list(genres)
         table.attrs["has_score"] = self.model.score_model is not None
-        table.attrs["space"] = self.model.space(P, np.stack([p.features for p in done])) if done else P
+        table.attrs["space"] = space  # each row's place in the similar-movies index
         table.attrs["keys"] = [p.key for p in done]
         table.attrs["errors"] = pd.DataFrame([(p.name, p.error) for p in posters if p.error is not None],
                                              columns=ERROR_COLUMNS)

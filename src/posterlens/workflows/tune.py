@@ -42,7 +42,7 @@ from posterlens.models.pixels import SCHEDULES, PixelCNN, decode_posters
 from posterlens.progress import progress as progress_bar
 from posterlens.settings import read_file
 from posterlens.workflows import metrics
-from posterlens.workflows.config import TrainConfig
+from posterlens.workflows.config import TUNE_BUDGET, TUNE_QUICK_BUDGET, TrainConfig
 from posterlens.workflows.tune_report import GENRE_METRICS, RANK, SCORE_METRICS, metric_names, shown, write_outputs
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ __all__ = ["SPACES", "QUICK_SPACES", "SECTIONS", "FeatureBlocks", "check_space",
 
 N_JOBS = {"genre": 2, "score": 1, "cnn": 1}  # processes; each genre fit trains with one torch thread
 QUICK = {"genre": {"epochs": 2, "calibration_folds": 2}, "cnn": {"epochs": 2}}  # fixed settings under --quick
-BUDGET = 12  # configurations drawn at random per model (besides today's defaults) unless --budget says otherwise
-QUICK_BUDGET = 4
 MAX_VALUES = 1000  # values one parameter of a space may list
 MAX_GRID = 1_000_000  # a grid larger than this is sampled, never listed (and --budget is capped to it)
 QUICK_POSTERS = 120
@@ -441,13 +439,13 @@ def tune(catalog: Path, images: Path | None, out: Path, cache: Path, space: str 
          time_limit: float | None = None) -> pd.DataFrame:
     """Search the ``space`` by K-fold cross-validation; write tune.csv, tune.md, figures and best.json in ``out``.
 
-    ``budget``: configurations drawn at random per model (default ``BUDGET``, ``QUICK_BUDGET`` under
+    ``budget``: configurations drawn at random per model (default ``TUNE_BUDGET``, ``TUNE_QUICK_BUDGET`` under
     ``quick``); today's defaults are always scored too. Random draws, not successive halving: every
     configuration is scored on the same K folds, so the report's paired intervals against the
     defaults hold. ``time_limit`` (minutes): no configuration starts past it.
     """
     start = time.perf_counter()
-    budget = budget if budget is not None else QUICK_BUDGET if quick else BUDGET
+    budget = budget if budget is not None else TUNE_QUICK_BUDGET if quick else TUNE_BUDGET
     deadline = None if time_limit is None else time.monotonic() + 60 * time_limit
     grids = load_space(space, quick)
     catalog_path = Path(catalog)
