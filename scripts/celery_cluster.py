@@ -173,11 +173,13 @@ def _descendants(pid: int) -> list[int]:
 
 @dataclass
 class Cluster:
-    """PostgreSQL + Redis + Airflow (CeleryExecutor, two workers) in one temporary folder."""
+    """PostgreSQL + Redis + Airflow (CeleryExecutor, two workers) in one temporary folder;
+    ``postgres_only``: PostgreSQL alone (``database_url`` gives a fresh database on it)."""
 
     workers: tuple[str, ...] = WORKERS
     heartbeat_timeout: int = 15  # seconds without a heartbeat before a task counts as lost
     retries: int = 2  # task retries: a shard whose worker died runs again on another
+    postgres_only: bool = False
     root: Path = field(init=False)
     ports: dict[str, int] = field(init=False, default_factory=dict)
     services: dict[str, Service] = field(init=False, default_factory=dict)
@@ -186,7 +188,8 @@ class Cluster:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> "Cluster":
-        missing = [name for name, path in server_binaries().items() if path is None]
+        missing = [name for name, path in server_binaries().items()
+                   if path is None and not (self.postgres_only and name == "redis-server")]
         if missing:
             raise FileNotFoundError(f"not installed: {', '.join(missing)} (scripts/install_system_packages.sh installs them)")
         self.root = Path(tempfile.mkdtemp(prefix="posterlens-celery-"))
@@ -195,6 +198,8 @@ class Cluster:
         atexit.register(self.stop)
         try:
             self._start_postgres()
+            if self.postgres_only:
+                return self
             self._start_redis()
             self._configure_airflow()
             self.airflow("db", "migrate")
@@ -274,6 +279,15 @@ class Cluster:
         with self._connect("postgres") as conn:
             conn.autocommit = True
             conn.cursor().execute("CREATE DATABASE airflow")
+
+    def database_url(self, dbname: str) -> str:
+        """A new, empty database ``dbname`` on the PostgreSQL server, as a ``postgresql://`` URL."""
+        from psycopg2 import sql
+
+        with self._connect("postgres") as conn:
+            conn.autocommit = True
+            conn.cursor().execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        return f"postgresql://airflow@127.0.0.1:{self.ports['postgres']}/{dbname}"
 
     def _connect(self, dbname: str = "airflow"):
         import psycopg2

@@ -72,6 +72,16 @@ def _rows(figures: dict) -> list[str]:
                    _row("score Spearman", score["spearman"], None, None)]
 
 
+def _trust(figures: dict) -> str:
+    """The score interval's coverage and width, the share flagged out of domain, and micro-F1 when
+    only the most confident genre answers are accepted (``models.trust``)."""
+    interval, accepted = figures["score"]["interval"], figures["genre"]["accepted"]
+    return (f"80% score intervals hold {interval['coverage']:.1%} of the true scores (mean width "
+            f"{interval['mean_width']:.2f}); {figures['domain']['flagged']:.1%} of the posters are flagged out of "
+            f"domain; micro-F1 {accepted['1.0']:.3f} on every poster, {accepted['0.8']:.3f} on the 80% and "
+            f"{accepted['0.5']:.3f} on the 50% with the most confident genre answers.")
+
+
 def card(model_dir: Path, facts: dict) -> str:
     """MODEL_CARD.md: data, intended use, held-out figures with baselines, limits, licences."""
     config = model_files.read_config(model_dir)
@@ -111,6 +121,8 @@ def card(model_dir: Path, facts: dict) -> str:
         "| --- | --- | --- | --- |",
         *_rows(validation),
         "",
+        _trust(validation),
+        "",
         f"## The bundled sample ({sample['n_posters']} posters the released model never saw)",
         "",
         f"True genres per poster {sample['genre']['true_genres_per_poster']:.2f}.",
@@ -120,6 +132,13 @@ def card(model_dir: Path, facts: dict) -> str:
         *_rows(sample),
         "",
         "The priors baseline predicts each genre's training frequency (the score baseline predicts the training mean).",
+        "",
+        "## How far to trust an answer",
+        "- Every prediction carries `score_low`/`score_high` (a conformal interval, 80% by default: `--interval`), "
+        "`genre_confidence` (the expected F1 of its genres under the calibrated probabilities), and `domain_score`/"
+        "`in_domain`: false for an image unlike the training posters (photos, drawings, documents, screenshots), "
+        "whose answers mean nothing. Route low confidence and out-of-domain posters to a person "
+        "(`posterlens serve --review CATALOG`).",
         "",
         "## Known limits and biases",
         "- Genres are read from artwork only: a comedy with a dark poster reads as a thriller. Rare genres (Musical, "

@@ -79,3 +79,28 @@ def test_the_released_models_similar_movies_show_posters_anywhere(browser, share
         browser.save_screenshot(str(tmp_path / "released.png"))
         assert all("/api/poster/" in img.get_attribute("src") for img in images)
         assert all(img.get_property("naturalWidth") > 0 for img in images)
+
+
+def test_the_page_warns_when_an_image_is_not_like_a_poster(browser, shared_cache, sample_dir, tmp_path):
+    """The released model: a page of text gets a plain warning; a poster gets none, and both show the
+    score's interval and the genres' confidence."""
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from skimage import data
+
+    page = tmp_path / "page.png"
+    Image.fromarray(data.page()).convert("RGB").resize((182, 268)).save(page)
+    with serve.background(serve.create_app(posterlens.load(None, shared_cache))) as url:
+        browser.get(url)
+        shown = {}
+        for image in (page, sample_dir / "images" / "tt0086393.jpg"):
+            browser.find_element(By.ID, "file").send_keys(str(image))
+            WebDriverWait(browser, 120).until(lambda b: "between" in b.find_element(By.ID, "score-interval").text
+                                              and b.find_element(By.ID, "poster").get_attribute("src") != shown.get("src"))
+            shown = {"src": browser.find_element(By.ID, "poster").get_attribute("src"),
+                     "warning": browser.find_element(By.ID, "domain-warning").is_displayed(),
+                     "confidence": browser.find_element(By.ID, "confidence").text}
+            browser.save_screenshot(str(tmp_path / f"{image.stem}.png"))
+            assert shown["confidence"].startswith("confidence ")
+            assert shown["warning"] == (image == page), image

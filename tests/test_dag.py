@@ -96,7 +96,8 @@ def test_dag_runs_end_to_end(dag_runs, sample_rows):
         assert (out / name).stat().st_size > 0, name
     holdout = json.loads((out / "model" / "config.json").read_text())["holdout_ids"]
     final = pd.read_csv(out / "predictions" / "predictions_final.csv")
-    assert list(final.columns) == ["file", "score", "predicted_labels", "raw_probs"]
+    assert list(final.columns) == ["file", "score", "score_low", "score_high", "predicted_labels", "raw_probs",
+                                   "genre_confidence", "domain_score", "in_domain"]
     assert sorted(Path(f).stem for f in final["file"]) == sorted(holdout)
     assert json.loads((out / "report" / "metrics.json").read_text())["n_posters"] == len(holdout)
 

@@ -69,7 +69,7 @@ def test_train_cli_defaults_fall_through_to_train_config(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_train(catalog, images, out, config, cache, progress=True, data=None):
+    def fake_train(catalog, images, out, config, cache, progress=True, data=None, corrections=None):
         seen["config"] = config
         raise UserError("stop here")
 

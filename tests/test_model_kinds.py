@@ -54,9 +54,10 @@ def test_a_score_only_model_predicts_the_original_score_file(score_model, score_
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["errors.csv", "predictions_final.csv", "predictions_score.csv"]
     scores = pd.read_csv(out / "predictions_score.csv")
-    assert list(scores.columns) == ["file", "label"] and len(scores) == 240 and scores["label"].between(0, 10).all()
+    assert list(scores.columns) == ["file", "label", "score_low", "score_high", "domain_score", "in_domain"]
+    assert len(scores) == 240 and scores["label"].between(0, 10).all() and (scores["score_low"] <= scores["label"]).all()
     final = pd.read_csv(out / "predictions_final.csv")
-    assert list(final.columns) == ["file", "score", "similar"] and final["similar"].str.count(r" \| ").eq(2).all()
+    assert list(final.columns) == ["file", "score", "score_low", "score_high", "domain_score", "in_domain", "similar"] and final["similar"].str.count(r" \| ").eq(2).all()
     found = posterlens.load(score_model).similar(sorted(score_folder.iterdir())[0], k=5)
     assert len(found) == 5 and found["similarity"].is_monotonic_decreasing
 

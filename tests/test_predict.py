@@ -18,7 +18,9 @@ from posterlens.app import outputs
 from posterlens.app.cli import app
 from posterlens.data.images import scan_folder
 from posterlens.models.directory import ModelError
+from posterlens.models.trust_settings import DOMAIN_SHARE
 from posterlens.workflows import predict
+from posterlens.workflows.predict import TRUST_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,11 @@ def folder(tmp_path, posters):
 def test_predict_returns_a_readable_dataframe(predictor, posters):
     table = predictor.predict(posters[0])
     genres = predictor.model.genres
-    assert list(table.columns) == ["file", "genres", "score", *genres]
+    assert list(table.columns) == ["file", "genres", "score", *TRUST_COLUMNS, *genres]
     assert table["file"].tolist() == [str(posters[0])]
+    row = table.iloc[0]
+    assert row["score_low"] < row["score"] < row["score_high"] and 0 < row["genre_confidence"] < 1
+    assert 0 <= row["domain_score"] <= 1 and row["in_domain"] == (row["domain_score"] >= DOMAIN_SHARE)
     assert set(table["genres"][0]) <= set(genres)
     assert table[genres].to_numpy().min() >= 0 and table[genres].to_numpy().max() <= 1
     assert table.head().equals(table) and table.attrs["errors"].empty
@@ -106,9 +111,12 @@ def test_csv_files_have_the_documented_columns(predictor, folder, tmp_path_facto
     genre = pd.read_csv(out / "predictions_genre.csv")
     final = pd.read_csv(out / "predictions_final.csv")
     errors = pd.read_csv(out / "errors.csv")
-    assert list(score.columns) == ["file", "label"]
-    assert list(genre.columns) == ["file", "predicted_labels", "raw_probs"]
-    assert list(final.columns) == ["file", "score", "predicted_labels", "raw_probs"]
+    assert list(score.columns) == ["file", "label", "score_low", "score_high"]
+    assert list(genre.columns) == ["file", "predicted_labels", "raw_probs", "genre_confidence", "domain_score", "in_domain"]
+    assert list(final.columns) == ["file", "score", "score_low", "score_high", "predicted_labels", "raw_probs",
+                                   "genre_confidence", "domain_score", "in_domain"]
+    assert (final["score_low"] <= final["score"]).all() and (final["score"] <= final["score_high"]).all()
+    assert final["in_domain"].dtype == bool and final["genre_confidence"].between(0, 1).all()
     assert list(errors.columns) == ["file", "reason"]
     assert len(score) == len(genre) == len(final) == 5
     assert sorted(errors["file"].map(lambda f: f.rsplit("/", 1)[-1])) == ["corrupt.jpg", "empty.jpg", "text.jpg"]
@@ -215,7 +223,8 @@ def test_predict_cli_catalogue_wide_with_the_released_model(trained_model, small
     assert result.exit_code == 0, result.output
     final = pd.read_csv(tmp_path / "o" / "predictions_final.csv")
     genres = list(pd.read_csv(tmp_path / "o" / "predictions_genre.csv")["raw_probs"].map(json.loads)[0])
-    assert list(final.columns) == ["file", "id", "title", "score", "predicted_labels", "raw_probs", *genres]
+    assert list(final.columns) == ["file", "id", "title", "score", "score_low", "score_high", "predicted_labels",
+                                   "raw_probs", "genre_confidence", "domain_score", "in_domain", *genres]
     catalogue = pd.read_csv(small_catalog)
     assert sorted(final["title"]) == sorted(catalogue["Title"])
     assert final[genres].to_numpy().max() <= 1

@@ -113,7 +113,11 @@ def test_report_sets_model_beside_baselines_with_readable_names(evaluated):
     assert [cls == "best" for _, cls in cells[:3]] == [v == max(values) for v in values]
     assert page.row("metrics-1", "Hamming loss")[1][0] == "↓ lower is better"
     assert page.row("metrics-2", "Mean absolute error")[3][0] == f"{metrics['score']['baseline_mae']:.3f}"
-    assert "Random neighbours" in [c for c, _ in page.tables["metrics-3"][0]]
+    interval = metrics["score"]["interval"]
+    trust = page.row("metrics-3", "Score interval (80%): share of true scores inside")
+    assert trust[2][0] == f"{interval['coverage']:.3f}" and 0 < interval["coverage"] <= 1
+    assert page.row("metrics-3", "Score interval: mean width")[2][0] == f"{interval['mean_width']:.3f}"
+    assert "Random neighbours" in [c for c, _ in page.tables["metrics-4"][0]]
 
 
 def test_metric_tables_show_the_cross_validation_spread():
@@ -195,10 +199,10 @@ def test_report_renders_alone_in_chromium(evaluated):
         shot = Path(alone) / "shot.png"
         subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                        f"--screenshot={shot}", "--window-size=1280,3000", page.as_uri()],
+                        f"--screenshot={shot}", "--window-size=1280,4000", page.as_uri()],
                        check=True, capture_output=True, timeout=180)
         with Image.open(shot) as image:
-            assert image.size == (1280, 3000)
+            assert image.size == (1280, 4000)
             pixels = np.asarray(image.convert("HSV"))
     assert pixels[..., 2].std() > 20  # not a blank page
     assert (pixels[..., 1] > 100).mean() > 0.01  # colour: posters and figures drawn from the embedded images

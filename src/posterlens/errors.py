@@ -13,7 +13,7 @@ from pathlib import Path
 __all__ = [
     "UserError", "SettingsError", "CatalogError", "PosterError", "DataError", "BackboneError", "EngineError",
     "TextUnavailable", "TextModelError", "ModelError", "OutputError", "TrainError", "SpaceError",
-    "EvaluationError", "CompareError",
+    "EvaluationError", "CompareError", "CorrectionsError",
 ]
 
 
@@ -94,3 +94,8 @@ class EvaluationError(DataError):
 
 class CompareError(DataError):
     """The comparison cannot run: unknown model name, unreadable catalogue..."""
+
+
+class CorrectionsError(UserError, ValueError):
+    """A corrections database (``serve --review``, ``train --corrections``) cannot be opened or read,
+    or a correction is not valid."""

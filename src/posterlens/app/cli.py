@@ -19,11 +19,12 @@ from rich.table import Table
 from rich.text import Text
 
 from posterlens import __version__
-from posterlens.app.views import metrics_table, predictions_table, validation_table
+from posterlens.app.views import metrics_table, out_of_domain_note, predictions_table, validation_table
 from posterlens.data.fetch_config import FetchConfig
 from posterlens.errors import DataError, UserError
 from posterlens.features.backbones import DEFAULT_FEATURES
 from posterlens.features.engines import ENGINES
+from posterlens.models.trust_settings import INTERVAL
 from posterlens.workflows.config import SCORE_MODES, TUNE_BUDGET, TUNE_QUICK_BUDGET, TrainConfig
 
 __all__ = ["app", "main"]
@@ -233,11 +234,14 @@ def train(
                                              "+0.03 macro-mAP, score Spearman 0.37 -> 0.43 in 5-fold CV (docs/text.md); costs ~0.4 s of OCR per "
                                              "new poster (cached), in training and in every prediction "
                                              "(default: off, or --config's)"),
+    corrections: Optional[str] = typer.Option(None, help="reviews from `posterlens serve --review` (SQLite file or "
+                                              "postgresql:// URL): they replace the catalogue's genres and scores"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Train the genre and score models on poster embeddings and write a model directory."""
     cache = _cache(cache)
     with _user_errors():
+        from posterlens.data.corrections import open_db
         from posterlens.features.embed import load_dataset
         from posterlens.workflows.train import train as run
 
@@ -247,6 +251,8 @@ def train(
                       "backbones": _backbones(backbone) if backbone else None, "weights": str(weights) if weights else None})
         config = TrainConfig(**{**settings, **given,
                                 "genre": {**settings.get("genre", {}), **({"epochs": epochs} if epochs else {})}})
+        if corrections is not None:  # a bad database fails now, not after the embedding
+            open_db(corrections, "--corrections", create=False).dispose()
         start = time.perf_counter()  # read and embed once (progress bar), then train on that dataset
         ocr = None
         if config.text:
@@ -256,12 +262,14 @@ def train(
         data = load_dataset(catalog, images, config.feature_spec(), cache, progress=True, text=ocr)
         embedded = time.perf_counter() - start
         with console.status("fitting the genre and score models: validation, then the final fit..."):
-            result = run(catalog, images, out, config, cache, progress=False, data=data)
+            result = run(catalog, images, out, config, cache, progress=False, data=data, corrections=corrections)
     model = result.model
     held = {"genres and score": f"{len(model.genres)} genres, score: {model.score_mode}",
             "genres only": f"{len(model.genres)} genres, no score model", "score only": f"score only: {model.score_mode}"}
     console.print(f"model: [bold]{out}[/bold] ({held[model.kind]}, trained on {_count(model.info['n_train'], 'poster')}; "
                   f"validated on {model.info['evaluated_on']})")
+    if corrections is not None:
+        console.print(f"corrections: {_count(model.info['n_corrections'], 'poster')} relabelled by their reviews")
     seconds = {**result.seconds, "embed": embedded, "total": embedded + result.seconds["total"]}
     console.print(f"time ({len(data)} posters): " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     if result.validation:
@@ -296,9 +304,11 @@ def predict(
     tta: bool = typer.Option(False, "--tta/--no-tta", help="average each poster with its mirror image"),
     similar: int = typer.Option(0, "--similar", "-k", min=0, max=1000, help="add the K most similar training movies"),
     wide: bool = typer.Option(False, "--wide", help="one probability column a genre in predictions_final.csv"),
+    interval: float = typer.Option(INTERVAL, help="level of the score intervals (score_low, score_high)"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
-    """Predict genres and score for many posters: predictions_{score,genre,final}.csv and errors.csv."""
+    """Predict genres and score for many posters: predictions_{score,genre,final}.csv and errors.csv, each
+    row with a score interval, the genres' confidence and in_domain (false: not like a movie poster)."""
     cache = _cache(cache)
     with _user_errors(FileNotFoundError):
         from posterlens.app import outputs
@@ -318,10 +328,12 @@ def predict(
         else:
             raise typer.BadParameter("give poster FILEs, --images DIR or --catalog CSV")
         predictor = predicting.load(model, cache)
-        result = predictor.predict(poster_files, tta=tta, similar=similar, progress=True, warn=False)
+        result = predictor.predict(poster_files, tta=tta, similar=similar, progress=True, warn=False, interval=interval)
         written = outputs.write(result, out, catalog=table, wide=wide) if out else {}
     if len(result) <= SUMMARY_ROWS:
         _out().print(predictions_table(result))
+    for line in out_of_domain_note(result):
+        console.print(line)
     for file, reason in result.attrs["errors"].itertuples(index=False):
         console.print(f"could not read {file}: {reason}", soft_wrap=True)
     files = f" -> {', '.join(str(p) for p in written.values())}" if written else ""
@@ -448,6 +460,11 @@ def serve(
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1,
                                              help="largest image accepted, in pixels (default: serve.MAX_PIXELS, 25 Mpx)"),
     posters: Optional[Path] = PostersOpt,
+    review: Optional[Path] = typer.Option(None, help="a catalogue to review at /review, least confident poster first"),
+    images: Optional[Path] = ImagesOpt,
+    review_db: Optional[str] = typer.Option(None, help="SQLite file or postgresql:// URL for --review's reviews "
+                                            "(default: posterlens-review.sqlite beside the catalogue)"),
+    reviewer: Optional[str] = typer.Option(None, help="name stored with each review (default: your user name)"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Serve the web page and the JSON API (OpenAPI at /docs) with the model loaded once."""
@@ -457,7 +474,7 @@ def serve(
         from posterlens.app import serve as serving
 
         serving.run(model, host=host, port=port, cache=cache, allow_url_fetch=allow_url_fetch, posters=posters,
-                    **limits)
+                    review=review, images=images, review_db=review_db, reviewer=reviewer, **limits)
 
 
 @app.command()

@@ -1,7 +1,9 @@
 """The prediction files, in the original design's formats, from ``Predictor.predict``'s table.
 
-``predictions_score.csv`` (``file,label``; from a model with a score model),
-``predictions_genre.csv`` (``file,predicted_labels,raw_probs``; from a model with genres),
+``predictions_score.csv`` (``file,label``, then ``score_low,score_high``; from a model with a
+score model), ``predictions_genre.csv`` (``file,predicted_labels,raw_probs``, then
+``genre_confidence,domain_score,in_domain``; from a model with genres; a score-only model's
+score file has the domain columns),
 ``predictions_final.csv`` (those merged on the file) and ``errors.csv`` (``file,reason``);
 each written atomically (``safeio``). A score-only model (trained on a folder of
 ``Title_8.8.jpg`` posters) writes the original project's score file and no genre file.
@@ -23,14 +25,19 @@ def part_tables(predictions: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Score, genre and error tables in the original formats, from ``Predictor.predict``'s table."""
     t, genres = predictions, predictions.attrs["genres"]
     parts = {}
+    domain = {"domain_score": t["domain_score"].round(4), "in_domain": t["in_domain"]}
     if predictions.attrs.get("has_score", True):
-        parts["predictions_score.csv"] = pd.DataFrame({"file": t["file"], "label": t["score"].round(1)})
+        parts["predictions_score.csv"] = pd.DataFrame({"file": t["file"], "label": t["score"].round(1),
+                                                       "score_low": t["score_low"].round(1),
+                                                       "score_high": t["score_high"].round(1),
+                                                       **({} if genres else domain)})
     if genres:
         parts["predictions_genre.csv"] = pd.DataFrame({
             "file": t["file"],
             "predicted_labels": ["|".join(g) for g in t["genres"]],
             "raw_probs": [json.dumps({g: round(float(p), 4) for g, p in zip(genres, row)}, separators=(",", ":"))
                           for row in t[genres].itertuples(index=False)],
+            "genre_confidence": t["genre_confidence"].round(4), **domain,
         })
     return {**parts, "errors.csv": predictions.attrs["errors"]}
 

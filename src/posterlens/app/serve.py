@@ -5,11 +5,12 @@ loads one and serves it on 127.0.0.1. Endpoints:
 
 - ``GET /``: the page (``static/index.html``, ``app.js``, ``app.css``: nothing from elsewhere);
 - ``POST /api/predict`` (multipart ``image``, or ``url`` when URL fetching is on): genres,
-  probabilities, score and similar movies;
+  probabilities, score and similar movies, and how far to trust them (``trust_fields``);
 - ``POST /api/explain`` (same input, optional ``genres``): a heat map per genre (``workflows.explain``);
 - ``GET /api/health``; ``GET /api/poster/{id}``: a training poster's thumbnail, which the model
   carries (``train --thumbnails``, the default), else ``<id>.jpg`` in the folder named by
-  ``serve --posters`` (never a path the model names); OpenAPI at ``/docs``.
+  ``serve --posters`` (never a path the model names); OpenAPI at ``/docs``;
+- with ``serve --review CATALOG``: the review queue and its API (``app.review``).
 
 Uploads are capped while they are read (``max_upload_bytes``), must be an image Pillow
 identifies in ``ALLOWED_FORMATS`` and at most ``max_pixels`` pixels (read from the header,
@@ -33,6 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from posterlens.data.images import PosterError, content_hash
+from posterlens.models.trust_settings import INTERVAL
 from posterlens.paths import STATIC_DIR
 
 __all__ = ["ApiError", "Limits", "capped", "read_form", "check_image", "download", "poster_from", "similar_movies",
@@ -188,7 +190,19 @@ def predict_one(predictor, data: bytes, k: int = SIMILAR) -> dict:
     return {"genres": list(row["genres"]), "probabilities": {g: round(float(p), 4) for g, p in zip(genres, P)},
             "thresholds": {g: round(float(t), 4) for g, t in zip(genres, predictor.model.thresholds)},
             "score": None if np.isnan(score) else round(score, 2), "kind": predictor.model.kind,
+            **trust_fields(row),
             "similar": similar_movies(predictor, table.attrs["space"][0], content_hash(data), k)}
+
+
+def trust_fields(row) -> dict:
+    """``score_low``, ``score_high`` (at level ``interval``), ``genre_confidence``, ``domain_score`` and
+    ``in_domain`` of a prediction row (``predict.TRUST_COLUMNS``), null where the model has no such part."""
+    def number(value, digits: int) -> float | None:
+        return None if pd_isna(value) else round(float(value), digits)
+
+    return {"score_low": number(row["score_low"], 2), "score_high": number(row["score_high"], 2), "interval": INTERVAL,
+            "genre_confidence": number(row["genre_confidence"], 4), "domain_score": number(row["domain_score"], 4),
+            "in_domain": None if pd_isna(row["in_domain"]) else bool(row["in_domain"])}
 
 
 def data_url(png: bytes) -> str:
@@ -317,14 +331,25 @@ def background(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
 
 def run(model_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, cache: str | Path | None = None,
         allow_url_fetch: bool = False, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
-        log_level: str = "info", posters: str | Path | None = None) -> None:
+        log_level: str = "info", posters: str | Path | None = None, review: Path | None = None,
+        images: Path | None = None, review_db: str | None = None, reviewer: str | None = None) -> None:
     """Load the model once (``model_dir`` None: the released one) and serve the app with uvicorn;
-    ``posters``: a folder of training posters (``<id>.jpg``) for models without thumbnails."""
+    ``posters``: a folder of training posters (``<id>.jpg``) for models without thumbnails;
+    ``review``: a catalogue (its posters in ``images``) to review at ``/review`` (``app.review``)."""
     import uvicorn
 
     import posterlens
+    from posterlens.errors import SettingsError
 
+    if review is None and (images or review_db or reviewer):
+        raise SettingsError("--images, --review-db and --reviewer go with --review CATALOG")
+    if review is not None and host not in ("127.0.0.1", "localhost", "::1"):
+        raise SettingsError(f"--review: the review page writes to a database: serve it on --host 127.0.0.1, not {host}")
     predictor = posterlens.load(model_dir, cache, posters=posters)
     warm_up(predictor)
     app = create_app(predictor, allow_url_fetch, max_upload_bytes, max_pixels)
+    if review is not None:
+        from posterlens.app import review as reviewing
+
+        reviewing.mount(app, reviewing.ReviewQueue.build(predictor, review, images, review_db, reviewer))
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -10,7 +10,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["validation_table", "metrics_table", "predictions_table"]
+__all__ = ["validation_table", "metrics_table", "trust_rows", "predictions_table", "out_of_domain_note"]
 
 VALIDATION_ROWS = {"genre": ("macro_map", "macro_f1", "micro_f1", "samples_f1", "macro_roc_auc", "genres_per_poster"),
                    "score": ("mae", "spearman", "accuracy")}
@@ -44,7 +44,26 @@ def validation_table(validation: dict) -> Table:
         figures = validation.get(group) or {}
         for name in (n for n in names if n in figures):
             table.add_row(f"{group} {name}", _show(figures[name]), _reference(group, name, figures))
+    for name, value in trust_rows(validation):
+        table.add_row(name, value, "")
     return table
+
+
+def trust_rows(figures: dict) -> list[tuple[str, str]]:
+    """The score interval's coverage and width, the posters flagged out of domain and the micro-F1 of
+    the 80% most confident genre answers, where ``figures`` (train's or evaluate's) hold them."""
+    rows = []
+    interval = (figures.get("score") or {}).get("interval")
+    if interval:
+        level = interval["level"]["mean"] if isinstance(interval["level"], dict) else interval["level"]
+        rows += [(f"score interval {level:.0%}: coverage", _show(interval["coverage"])),
+                 ("score interval: mean width", _show(interval["mean_width"]))]
+    if figures.get("domain"):
+        rows.append(("posters flagged out of domain", _show(figures["domain"]["flagged"])))
+    accepted = (figures.get("genre") or {}).get("accepted")
+    if accepted:
+        rows.append(("genre micro_f1, 80% most confident", _show(accepted["0.8"])))
+    return rows
 
 
 def metrics_table(metrics: dict) -> Table:
@@ -64,17 +83,33 @@ def metrics_table(metrics: dict) -> Table:
         table.add_row("score Spearman", f"{score['spearman']:.4f}", "", "")
         if "accuracy" in score:
             table.add_row("score class accuracy", f"{score['accuracy']:.4f}", "", "")
+    for name, value in trust_rows(metrics):
+        table.add_row(name, value, "", "")
     return table
 
 
 def predictions_table(predictions: pd.DataFrame) -> Table:
-    """Poster, score, genres and the three most likely genres, one row a poster."""
+    """Poster (marked where it does not look like the training posters), score and its interval,
+    genres and their confidence, and the three most likely genres, one row a poster."""
     genres = predictions.attrs["genres"]
     view = Table(title="Predictions")
-    for column in ("poster", "score", "genres", "top probabilities"):
+    for column in ("poster", "score", "genres (confidence)", "top probabilities"):
         view.add_column(column, overflow="fold")
     for row, probs in zip(predictions.itertuples(), predictions[genres].to_numpy()):
         top = sorted(zip(genres, probs), key=lambda kv: -kv[1])[:3]
-        view.add_row(Path(row.file).name, f"{row.score:.1f}", " | ".join(row.genres) or "-",
+        flag = " [bold red]not like a movie poster[/]" if row.in_domain is False else ""
+        score = f"{row.score:.1f}" + (f" ({row.score_low:.1f}-{row.score_high:.1f})" if row.score_low == row.score_low else "")
+        confidence = f" ({row.genre_confidence:.2f})" if row.genre_confidence == row.genre_confidence else ""
+        view.add_row(Path(row.file).name + flag, score, (" | ".join(row.genres) or "-") + confidence,
                      ", ".join(f"{g} {p:.2f}" for g, p in top))
     return view
+
+
+def out_of_domain_note(predictions: pd.DataFrame) -> list[str]:
+    """A line for the posters flagged out of domain (``in_domain`` false; NA, a model without a
+    domain head, is not), or none."""
+    flagged = int((predictions["in_domain"] == False).sum()) if len(predictions) else 0  # noqa: E712 (NA: neither)
+    if not flagged:
+        return []
+    return [f"{flagged} of {len(predictions)} images do not look like the movie posters the model was trained on "
+            "(in_domain false): do not trust their answers"]

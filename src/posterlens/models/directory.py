@@ -32,8 +32,9 @@ from posterlens.features import backbones
 from posterlens.features.embed import FeatureSpec
 from posterlens.features.ocr import OcrSettings
 from posterlens.models.fitted import HEADS, GenreHead, ScoreClassesHead, ScoreHead, save_arrays
+from posterlens.models.trust import DomainHead, ScoreIntervals, expected_f1, trust_parts
 
-__all__ = ["CONFIG", "GENRE_FILE", "SCORE_FILE", "CURVES_FILE", "TRAINING_SET_FILE", "TEXT_FILES", "FORMAT", "ModelError", "PosterModel", "save", "load",
+__all__ = ["CONFIG", "GENRE_FILE", "SCORE_FILE", "TRUST_FILE", "CURVES_FILE", "TRAINING_SET_FILE", "TEXT_FILES", "FORMAT", "ModelError", "PosterModel", "save", "load",
            "read_config", "sha256"]
 
 if TYPE_CHECKING:
@@ -42,17 +43,18 @@ if TYPE_CHECKING:
 CONFIG = "config.json"
 GENRE_FILE = "genre_model.safetensors"
 SCORE_FILE = "score_model.safetensors"
+TRUST_FILE = "trust.safetensors"  # the domain head and the score intervals (``models.trust``)
 CURVES_FILE = "training_curves.csv"  # fastai training curves
 TRAINING_SET_FILE = "training_set.csv"  # id and content key of each training poster
 FORMAT = 2
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a file name or timm name: no path, no '..'
 _KNOWN = {"format", "posterlens_version", "backbones", "genres", "genre_model", "score_mode", "score_model",
-          "text_model", "files", "digest"}
+          "text_model", "trust", "files", "digest"}
 # What training records beside the models (``PosterModel.info``), with the type each must have. Nothing
 # here is a path the code follows: a model is data confined to its folder.
 _INFO = {"training": dict, "n_train": int, "n_train_genres": int, "n_train_scores": int, "train_genre_counts": dict,
          "train_score_mean": (float, int, type(None)), "data_fingerprint": str, "validation": (dict, type(None)),
-         "evaluated_on": str, "holdout_ids": list}
+         "evaluated_on": str, "holdout_ids": list, "n_corrections": int}
 _LEGACY = {"catalog", "images"}  # written by models before 2026-12 (build-machine paths): accepted, never read
 TEXT_FILES = ["text_model.safetensors", "text_model.json"]  # what a text model (``models.text``) adds
 TEXT_OCR = set(OcrSettings.__dataclass_fields__)
@@ -70,6 +72,8 @@ class PosterModel:
     info: dict = field(default_factory=dict)  # training settings, validation, data fingerprint, split...
     curves: pd.DataFrame | None = field(default=None, repr=False)  # fastai training curves (training only)
     text: TextModel | None = None  # trained with --text: poster text fused with the image model
+    domain: DomainHead | None = None  # "is this like the training posters?" (models before 2026-12: none)
+    intervals: ScoreIntervals | None = None  # conformal score intervals (idem)
 
     def genre_proba(self, X: np.ndarray, texts: list[str | None] | None = None) -> np.ndarray:
         """Genre probabilities; a model with ``text`` needs each poster's text (``None``: not read)."""
@@ -137,6 +141,26 @@ class PosterModel:
             predicted = self.text.predict_score(predicted, texts)
         return np.clip(predicted, 0.0, 10.0)
 
+    def domain_score(self, X: np.ndarray) -> np.ndarray:
+        """``DomainHead.score`` of each poster (NaN for a model without a domain head)."""
+        if self.domain is None:
+            return np.full(len(X), np.nan, dtype=np.float32)
+        return self.domain.score(X)
+
+    def score_interval(self, X: np.ndarray, predicted: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) around the ``predicted`` scores at ``level`` (``ScoreIntervals``; NaN without them)."""
+        if self.intervals is None or self.score_model is None:
+            nan = np.full(len(X), np.nan, dtype=np.float32)
+            return nan, nan.copy()
+        if self.intervals.kind == "set":
+            return self.intervals.interval(predicted, level, proba=self.score_model.predict_proba(X),
+                                           classes=self.score_model.classes_)
+        return self.intervals.interval(predicted, level, reduced=self.score_model.reduce(X))
+
+    def genre_confidence(self, P: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The expected F1 of each poster's genres (``trust.expected_f1``; NaN for a score-only model)."""
+        return expected_f1(P, labels)
+
 
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -196,6 +220,11 @@ def _write(model: PosterModel, out: Path, tables: dict[str, pd.DataFrame], index
         index.save(out)
     if model.text is not None:
         model.text.save(out)
+    trust = {}
+    for part in (model.domain, model.intervals):
+        trust |= part.to_arrays() if part is not None else {}
+    if trust:
+        save_arrays(trust, out / TRUST_FILE)
     config = {
         "format": FORMAT,
         "posterlens_version": __version__,
@@ -207,6 +236,8 @@ def _write(model: PosterModel, out: Path, tables: dict[str, pd.DataFrame], index
         "score_model": None if model.score_model is None else
         {"class": model.score_model.estimator, "params": model.score_model.params},
         "text_model": None if model.text is None else _text_entry(model.text),
+        "trust": {"domain": model.domain is not None,
+                  "intervals": None if model.intervals is None else model.intervals.kind},
         **model.info,
     }
     config["files"] = {p.name: sha256(p) for p in sorted(out.iterdir())}
@@ -315,6 +346,20 @@ def _check_schema(config: dict, path: Path) -> None:
         raise _fail(path, f"unknown score_mode {config.get('score_mode')!r}")
     if config.get("text_model") is not None:
         _check_text(config["text_model"], files, path)
+    _check_trust(config.get("trust"), config, path)
+
+
+def _check_trust(entry: Any, config: dict, path: Path) -> None:
+    """``trust``: absent (models before 2026-12) or which parts ``TRUST_FILE`` holds."""
+    if entry is None:
+        return
+    if not isinstance(entry, dict) or set(entry) != {"domain", "intervals"} or type(entry["domain"]) is not bool \
+            or entry["intervals"] not in (None, "sigma", "set"):
+        raise _fail(path, "'trust' must be {'domain': true|false, 'intervals': null|'sigma'|'set'}")
+    if (entry["domain"] or entry["intervals"]) and TRUST_FILE not in config["files"]:
+        raise _fail(path, f"'trust' names parts but {TRUST_FILE} is not listed in 'files'")
+    if entry["intervals"] is not None and config.get("score_model") is None:
+        raise _fail(path, "'trust' has score intervals but the model has no score model")
 
 
 def _check_text(entry: Any, files: dict, path: Path) -> None:
@@ -417,8 +462,21 @@ def load(model_dir: Path) -> PosterModel:
     if score_model is not None and score_model.n_features_in_ != spec.feature_dim:
         raise _fail(model_dir / SCORE_FILE, f"expects {score_model.n_features_in_} features, the backbones give {spec.feature_dim}")
     text = None if config.get("text_model") is None else _text(config["text_model"], model_dir, config["genres"])
+    domain, intervals = _trust(config.get("trust"), model_dir, spec.feature_dim, score_model)
     return PosterModel(spec, list(config["genres"]), genre_model, score_model, config["score_mode"],
-                       {k: v for k, v in config.items() if k in _INFO}, text=text)
+                       {k: v for k, v in config.items() if k in _INFO}, text=text, domain=domain, intervals=intervals)
+
+
+def _trust(entry: dict | None, model_dir: Path, feature_dim: int, score_model) -> tuple[DomainHead | None, ScoreIntervals | None]:
+    """The domain head and score intervals ``trust`` names, checked against the features and the score model."""
+    if entry is None or not (entry["domain"] or entry["intervals"]):
+        return None, None
+    file = model_dir / TRUST_FILE
+    axes = score_model.arrays["pca.components_"].shape[0] if isinstance(score_model, ScoreHead) else None
+    try:
+        return trust_parts(_load_arrays(file), entry["domain"], entry["intervals"], feature_dim, axes)
+    except (KeyError, ValueError, IndexError, TypeError) as err:
+        raise ModelError(f"{file}: does not fit its configuration ({type(err).__name__}: {err})") from None
 
 
 def _text(entry: dict, model_dir: Path, genres: list[str]) -> TextModel:

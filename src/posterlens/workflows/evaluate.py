@@ -16,9 +16,10 @@ from posterlens.errors import EvaluationError
 from posterlens.features.embed import load_dataset
 from posterlens.models import similar
 from posterlens.models.directory import CURVES_FILE, TRAINING_SET_FILE, PosterModel, load, read_config
+from posterlens.models.trust import DOMAIN_SHARE, INTERVAL
 from posterlens.workflows import metrics, report
 
-__all__ = ["Evaluation", "unseen", "training_priors", "compute", "similar_quality", "evaluate", "build_page",
+__all__ = ["Evaluation", "unseen", "training_priors", "compute", "interval_figures", "similar_quality", "evaluate", "build_page",
            "prevalence", "make_figures", "header", "PosterViews", "worst_score_misses", "worst_genre_misses",
            "similar_searches"]
 
@@ -57,15 +58,29 @@ def compute(model: PosterModel, data: Dataset) -> tuple[dict, dict]:
         genre["genres_per_poster"] = float(L[labelled].sum(axis=1).mean())
         genre["true_genres_per_poster"] = float(Y[labelled].sum(axis=1).mean())
         genre["baselines"] = metrics.genre_baselines(training_priors(model), Y[labelled])
+        genre["accepted"] = metrics.accepted_curve(Y[labelled], L[labelled], model.genre_confidence(P[labelled], L[labelled]))
         result["genre"] = genre
     if model.score_model is not None and has.sum() > 1:
         result["score"] = {"mode": model.score_mode, **metrics.score_metrics(
             scores[has], predicted[has], model.info["train_score_mean"], classes=model.score_mode == "classes")}
+        result["score"] |= interval_figures(model, data.X[has], scores[has], predicted[has])
+    if model.domain is not None:
+        result["domain"] = {"flagged": float(np.mean(model.domain_score(data.X) < DOMAIN_SHARE)), "below": DOMAIN_SHARE}
     if result["genre"] is None and result["score"] is None:
         wanted = {"genres and score": "genres or scores", "genres only": "genres", "score only": "scores"}[model.kind]
         raise EvaluationError(f"none of the unseen posters has {wanted} to evaluate this {model.kind} model on")
     return result, {"Y": Y, "P": P, "L": L, "scores": scores, "predicted": predicted,
                     "space": model.space(P, data.X)}
+
+
+def interval_figures(model: PosterModel, X: np.ndarray, y: np.ndarray, predicted: np.ndarray) -> dict:
+    """``interval`` (coverage and mean width at ``INTERVAL``) and ``coverage`` (at each of
+    ``COVERAGE_LEVELS``); nothing for a model without score intervals."""
+    if model.intervals is None:
+        return {}
+    at = {f"{level:.2f}": metrics.interval_metrics(y, *model.score_interval(X, predicted, level), level)
+          for level in sorted({*metrics.COVERAGE_LEVELS, INTERVAL})}
+    return {"interval": at[f"{INTERVAL:.2f}"], "coverage": at}
 
 
 def similar_quality(model_dir: Path, model: PosterModel, data: Dataset, P: np.ndarray, k: int = 10) -> dict | None:
@@ -109,7 +124,7 @@ def evaluate(model_dir: Path, catalog_path: Path, images: Path | None, out: Path
     if tables:
         tables["per_genre"] = tables["per_genre"].assign(prevalence=prevalence(data, arrays["Y"]))  # chance AP, for the page
     pick = np.random.default_rng(0).choice(len(data.table), size=min(grid, len(data.table)), replace=False)
-    figures = make_figures(model, model_dir, data, arrays, tables, out, pick)
+    figures = make_figures(model, model_dir, data, arrays, tables, out, pick, result)
     page = build_page(model_dir, model, catalog_path, data, arrays, result, tables, figures, pick)
     return Evaluation(result, report.write_html(out, page))
 
@@ -137,7 +152,7 @@ def prevalence(data: Dataset, Y: np.ndarray) -> np.ndarray:
 
 
 def make_figures(model: PosterModel, model_dir: Path, data: Dataset, arrays: dict, tables: dict,
-                 out: Path, pick: np.ndarray) -> dict[str, str]:
+                 out: Path, pick: np.ndarray, result: dict) -> dict[str, str]:
     """Write the PNG figures into ``out``; returns name -> PNG data URI for the page."""
     figures = {}
     curves = model_dir / CURVES_FILE
@@ -151,6 +166,10 @@ def make_figures(model: PosterModel, model_dir: Path, data: Dataset, arrays: dic
     has = ~np.isnan(arrays["scores"])
     if model.score_model is not None and has.any():
         figures["scores"] = report.plot_scores(arrays["scores"][has], arrays["predicted"][has])
+    if (result.get("score") or {}).get("coverage"):
+        figures["intervals"] = report.plot_intervals(result["score"]["coverage"])
+    if result.get("genre"):
+        figures["accepted"] = report.plot_accepted(result["genre"]["accepted"], result["genre"]["micro_f1"])
     if tables:
         figures["genre_distribution"] = report.plot_genre_distribution(model.info["train_genre_counts"],
                                                                        model.info["n_train"])

@@ -11,7 +11,10 @@ import pandas as pd
 from sklearn import metrics as skm
 
 __all__ = ["expected_calibration_error", "reliability_table", "genre_metrics", "genre_baselines", "per_genre_table",
-           "confusions", "score_metrics", "summarise_folds"]
+           "confusions", "score_metrics", "interval_metrics", "ACCEPTED_SHARES", "COVERAGE_LEVELS", "accepted_curve", "summarise_folds"]
+
+ACCEPTED_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # the points of ``accepted_curve``
+COVERAGE_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # interval levels the report plots coverage at
 
 
 def expected_calibration_error(Y: np.ndarray, P: np.ndarray, bins: int = 15) -> float:
@@ -108,6 +111,23 @@ def score_metrics(y: np.ndarray, pred: np.ndarray, train_mean: float, classes: b
     if classes:
         figures["accuracy"] = float(np.mean(np.round(y, 1) == np.round(pred, 1)))
     return figures
+
+
+def interval_metrics(y: np.ndarray, low: np.ndarray, high: np.ndarray, level: float) -> dict[str, float]:
+    """Coverage (share of true scores inside [low, high]) and mean width of intervals at ``level``."""
+    return {"level": float(level), "coverage": float(np.mean((y >= low) & (y <= high))),
+            "mean_width": float(np.mean(high - low))}
+
+
+def accepted_curve(Y: np.ndarray, L: np.ndarray, confidence: np.ndarray) -> dict[str, float]:
+    """Micro-F1 of the posters accepted when the least ``confidence`` ones go to a person, at each of
+    ``ACCEPTED_SHARES`` (``"0.5"``: the most confident half), ties broken by position."""
+    order = np.argsort(-confidence, kind="stable")
+    curve = {}
+    for share in ACCEPTED_SHARES:
+        kept = order[:max(1, int(round(share * len(order))))]
+        curve[f"{share:.1f}"] = float(skm.f1_score(Y[kept], L[kept], average="micro", zero_division=0))
+    return curve
 
 
 def summarise_folds(runs: list[dict]) -> dict:

@@ -2,12 +2,17 @@
 
     >>> import posterlens
     >>> predictor = posterlens.load()                # the released model, or load("runs/model")
-    >>> predictor.predict("poster.jpg")              # DataFrame: file, genres, score, one column a genre
+    >>> predictor.predict("poster.jpg")              # DataFrame: file, genres, score (+ interval), trust, a column a genre
     >>> predictor.similar("poster.jpg", k=10)        # DataFrame: id, title, genres, score, similarity, poster
 
 ``predict`` takes one image or a list: file paths, PIL images, encoded bytes or HxWx3 uint8
 arrays. Images that cannot be read are left out of the table and listed in
 ``table.attrs["errors"]`` (``file,reason``).
+
+Every row says how far to trust it (``models.trust``): ``score_low``/``score_high`` (a
+conformal interval at ``interval``, 0.8 by default), ``genre_confidence`` (the expected F1 of
+its genres), ``domain_score`` and ``in_domain`` (False: it does not look like the training
+posters). A model trained before them gives NaN there.
 
 The CSV files the CLI and the DAG write from its table are ``app.outputs``'.
 """
@@ -36,14 +41,18 @@ from posterlens.features.engines import Runner, make_runner, resolve_engine
 from posterlens.features.store import default_cache_dir
 from posterlens.models import directory as model_files
 from posterlens.models.similar import SimilarIndex
+from posterlens.models.trust import DOMAIN_SHARE, INTERVAL, INTERVAL_RULE
 from posterlens.paths import RELEASED_DIR
+from posterlens.settings import check_value
 
-__all__ = ["Predictor", "Poster", "ImageInput", "load", "released_model_dir", "model_dir_or_released", "ERROR_COLUMNS"]
+__all__ = ["Predictor", "Poster", "ImageInput", "load", "released_model_dir", "model_dir_or_released", "ERROR_COLUMNS",
+           "TRUST_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
 ImageInput = Union[str, Path, bytes, np.ndarray, Image.Image]
 ERROR_COLUMNS = ["file", "reason"]
+TRUST_COLUMNS = ["score_low", "score_high", "genre_confidence", "domain_score", "in_domain"]  # after ``score``
 MEMO_SIZE = 1024  # embeddings of poster files a Predictor keeps in memory
 NO_RELEASED_MODEL = "no released model in this installation: pass --model DIR or run `make release-model`"
 
@@ -219,14 +228,16 @@ class Predictor:
         for poster, x, p in zip(done, X, P):
             poster.features, poster.proba = x, p
 
-    def outputs(self, posters: list[Poster], similar: int = 0) -> pd.DataFrame:
-        """Stage 4: one row a readable poster (file, genres, score, one probability column a genre,
-        [similar]); ``attrs["errors"]`` lists the others (``file,reason``), ``attrs["genres"]`` the genres."""
+    def outputs(self, posters: list[Poster], similar: int = 0, interval: float = INTERVAL) -> pd.DataFrame:
+        """Stage 4: one row a readable poster (file, genres, score, ``TRUST_COLUMNS``, one probability
+        column a genre, [similar]); ``attrs["errors"]`` lists the others (``file,reason``),
+        ``attrs["genres"]`` the genres."""
         done, genres = [p for p in posters if p.error is None], self.model.genres
         P = np.array([p.proba for p in done], dtype=np.float32).reshape(len(done), len(genres))
+        X = np.stack([p.features for p in done]) if done else np.zeros((0, self.model.features.feature_dim), np.float32)
         if done:
             texts = [p.text for p in done] if self.model.text is not None else None
-            scores = self._heads(lambda X: self.model.score(X, texts), np.stack([p.features for p in done]))
+            scores = self._heads(lambda X: self.model.score(X, texts), X)
             labels = self.model.genre_labels(P)
         else:  # the estimators refuse empty input
             labels, scores = np.zeros((0, len(genres)), dtype=bool), np.zeros(0)
@@ -234,9 +245,10 @@ class Predictor:
             "file": [p.name for p in done],
             "genres": [[g for g, on in zip(genres, row) if on] for row in labels],
             "score": scores.astype(np.float32),
+            **self._trust(X, P, labels, scores, interval),
             **{g: P[:, j] for j, g in enumerate(genres)},
         })
-        space = self.model.space(P, np.stack([p.features for p in done])) if done else P
+        space = self.model.space(P, X) if done else P
         if similar:
             neighbours = self._neighbours(space, [p.key for p in done], similar) if done else []
             table["similar"] = [" | ".join(found["title"]) for found in neighbours]
@@ -249,21 +261,23 @@ class Predictor:
         return table
 
     def predict(self, images: ImageInput | Iterable[ImageInput], tta: bool = False, similar: int = 0,
-                progress: bool = False, warn: bool = True) -> pd.DataFrame:
+                progress: bool = False, warn: bool = True, interval: float = INTERVAL) -> pd.DataFrame:
         """Genres (the model's label rule), score and genre probabilities, one row a readable image.
 
         ``images`` is one image or many: file paths, PIL images, encoded bytes or HxWx3 uint8
         arrays (named ``<image 0>``, ``<image 1>``... by their position). The same file given
         twice is predicted once. ``tta`` averages each poster with its mirror image; ``similar``
-        adds the titles of the K most similar training movies. Unreadable images are in
-        ``attrs["errors"]`` (``file,reason``) and, with ``warn``, in a warning.
+        adds the titles of the K most similar training movies; ``interval`` is the level of
+        ``score_low``/``score_high``. Unreadable images are in ``attrs["errors"]``
+        (``file,reason``) and, with ``warn``, in a warning.
         """
+        check_value(INTERVAL_RULE, interval, "interval")
         items = _as_list(images)
         with _scratch(items) as tmp:
             posters = self.read(items, Path(tmp or "."))
             self.embed_posters(posters, progress)
             self.apply_heads(posters, tta, progress)
-        table = self.outputs(posters, similar)
+        table = self.outputs(posters, similar, interval)
         errors = table.attrs["errors"]
         if warn and len(errors):
             warnings.warn(f"{len(errors)} of {len(posters)} images could not be read: "
@@ -286,6 +300,22 @@ class Predictor:
         return found.assign(poster=found["id"].map(self.poster_files).fillna(""))
 
     # --- helpers of the stages -------------------------------------------------------------------
+
+    def _trust(self, X: np.ndarray, P: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+               interval: float) -> dict[str, np.ndarray]:
+        """``TRUST_COLUMNS`` of the embedded posters ``X`` (NaN, and NA for ``in_domain``, where the
+        model has no such part)."""
+        n = len(X)
+        if n == 0:
+            return {"score_low": np.zeros(0, np.float32), "score_high": np.zeros(0, np.float32),
+                    "genre_confidence": np.zeros(0, np.float32), "domain_score": np.zeros(0, np.float32),
+                    "in_domain": pd.array([], dtype="boolean")}
+        with self._threads.limit(limits=1, user_api="blas"):
+            low, high = self.model.score_interval(X, scores, interval)
+            domain = self.model.domain_score(X)
+        return {"score_low": low, "score_high": high, "genre_confidence": self.model.genre_confidence(P, labels),
+                "domain_score": domain,
+                "in_domain": pd.array(np.where(np.isnan(domain), None, domain >= DOMAIN_SHARE), dtype="boolean")}
 
     def _features(self, posters: list[Poster], mirror: bool, progress: bool) -> tuple[np.ndarray, list, dict]:
         """``embed`` of user files (through the cache) and of temporary copies of in-memory images (not

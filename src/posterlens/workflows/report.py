@@ -25,7 +25,7 @@ from posterlens.data import images
 
 __all__ = ["Header", "Poster", "Search", "MetricRow", "MetricTable", "Page", "readable", "best_of", "spread",
            "metric_table", "metric_tables", "data_uri", "thumbnail", "save_figure", "plot_curves", "plot_reliability",
-           "plot_per_genre", "plot_pr_curves", "plot_scores", "plot_genre_distribution", "wrap", "poster_caption",
+           "plot_per_genre", "plot_pr_curves", "plot_scores", "plot_intervals", "plot_accepted", "plot_genre_distribution", "wrap", "poster_caption",
            "plot_poster_grid", "render", "write_html"]
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ def metric_tables(metrics: dict, validation: dict | None) -> list[MetricTable]:
     if genre:
         baselines = genre["baselines"]
         rows = {k: [v, baselines["top2_constant"].get(k), baselines["priors"].get(k)]
-                for k, v in genre.items() if k != "baselines"}
+                for k, v in genre.items() if not isinstance(v, dict)}
         tables.append(metric_table("Genres", ["Model", "Top-2 constant", "Training priors"], rows,
                                    validation.get("genre"), method))
     score = metrics.get("score")
@@ -191,6 +191,9 @@ def metric_tables(metrics: dict, validation: dict | None) -> list[MetricTable]:
                 for k in ("mae", "rmse", "spearman", "accuracy") if k in score}
         tables.append(metric_table(f"Score ({score.get('mode', 'regression')})", ["Model", "Training mean"], rows,
                                    validation.get("score"), method))
+    trust = trust_table(metrics)
+    if trust is not None:
+        tables.append(trust)
     similar = metrics.get("similar")
     if similar:
         key = f"genre_precision_at_{similar['k']}"
@@ -198,6 +201,26 @@ def metric_tables(metrics: dict, validation: dict | None) -> list[MetricTable]:
                         [similar[key], similar["baseline"]], best_of([similar[key], similar["baseline"]], HIGHER))
         tables.append(MetricTable("Similar movies", ["Model", "Random neighbours"], [row]))
     return tables
+
+
+def trust_table(metrics: dict) -> MetricTable | None:
+    """How far to trust an answer: the score interval's coverage and width, the share of posters
+    flagged out of domain, and micro-F1 when only the most confident genre answers are accepted."""
+    rows = []
+    interval = (metrics.get("score") or {}).get("interval")
+    if interval:
+        rows.append(MetricRow(f"Score interval ({interval['level']:.0%}): share of true scores inside", NEUTRAL,
+                              [interval["coverage"]], [False]))
+        rows.append(MetricRow("Score interval: mean width", LOWER, [interval["mean_width"]], [False]))
+    if metrics.get("domain"):
+        rows.append(MetricRow(f"Flagged out of domain (domain score below {metrics['domain']['below']})", NEUTRAL,
+                              [metrics["domain"]["flagged"]], [False]))
+    accepted = (metrics.get("genre") or {}).get("accepted")
+    if accepted:
+        for share in ("0.5", "0.8", "1.0"):
+            rows.append(MetricRow(f"Micro F1 of the {float(share):.0%} most confident genre answers", HIGHER,
+                                  [accepted[share]], [False]))
+    return MetricTable("How far to trust it", ["Model"], rows) if rows else None
 
 
 # --- images --------------------------------------------------------------------------------
@@ -304,6 +327,33 @@ def plot_scores(true: np.ndarray, pred: np.ndarray) -> Figure:
     residual.scatter(true, pred - true, s=8, alpha=0.5)
     residual.axhline(0, ls="--", color="grey")
     residual.set(title="Residual vs true score", xlabel="IMDb score", ylabel="predicted - true", xlim=(1, 10))
+    return fig
+
+
+def plot_intervals(coverage: dict[str, dict]) -> Figure:
+    """Score intervals: coverage against the level asked for (on the diagonal: as promised), and mean width."""
+    levels = [v["level"] for v in coverage.values()]
+    fig = _figure(8.4, 3.4)
+    cover, width = fig.subplots(1, 2)
+    cover.plot(levels, [v["coverage"] for v in coverage.values()], "o-")
+    cover.plot([0.4, 1], [0.4, 1], "--", color="grey")
+    cover.set(title="Coverage of the score intervals", xlabel="level asked for", ylabel="share of true scores inside",
+              xlim=(0.45, 1), ylim=(0.4, 1))
+    width.plot(levels, [v["mean_width"] for v in coverage.values()], "o-")
+    width.set(title="Mean width", xlabel="level asked for", ylabel="score points")
+    return fig
+
+
+def plot_accepted(accepted: dict[str, float], overall: float) -> Figure:
+    """Micro-F1 of the genre answers a person would not check: the most confident share of posters."""
+    fig = _figure(4.6, 3.4)
+    ax = fig.subplots()
+    shares = [float(s) for s in accepted]
+    ax.plot(shares, list(accepted.values()), "o-")
+    ax.axhline(overall, ls="--", color="grey", label="all posters")
+    ax.set(title="Accepting the most confident answers", xlabel="share of posters accepted (the rest to a person)",
+           ylabel="micro F1 of those accepted", xlim=(0, 1.02))
+    ax.legend(fontsize=8)
     return fig
 
 

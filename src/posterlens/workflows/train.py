@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from posterlens.features.embed import FeatureSpec, load_dataset
 from posterlens.models import similar
 from posterlens.models.directory import CURVES_FILE, TRAINING_SET_FILE, PosterModel, save
 from posterlens.models.similar import SimilarIndex
+from posterlens.models.trust import DOMAIN_SHARE, INTERVAL, fit_domain, fit_intervals
 from posterlens.workflows import metrics
 from posterlens.workflows.config import TrainConfig
 
@@ -44,8 +45,9 @@ class TrainResult:
 
 
 def fit_models(data: Dataset, idx: np.ndarray, genres: list[str], spec: FeatureSpec,
-               config: TrainConfig, valid_idx: np.ndarray | None = None) -> PosterModel:
-    """Fit the genre and score estimators on the rows ``idx`` of ``data``.
+               config: TrainConfig, valid_idx: np.ndarray | None = None, trust: bool = True) -> PosterModel:
+    """Fit the genre and score estimators on the rows ``idx`` of ``data``, and with ``trust`` the
+    domain head and the score intervals (``models.trust``; ``tune`` and ``compare`` skip them).
 
     Posters without genres (a score-only catalogue row) train the score model only;
     posters without a score train the genre model only.
@@ -64,11 +66,13 @@ def fit_models(data: Dataset, idx: np.ndarray, genres: list[str], spec: FeatureS
         text_model = TextModel.fit_beside(genre_model, data.texts_of(idx[labelled]), Y, genres)
     scores = table["score"].to_numpy(dtype=float)
     has_score = ~np.isnan(scores)
-    score_model = None
+    score_model = intervals = None
     if not genres and has_score.sum() < MIN_SCORES:
         raise TrainError(f"{int(has_score.sum())} posters have a score: a score-only model needs {MIN_SCORES} or more")
     if has_score.sum() >= MIN_SCORES:
         score_model = config.score_estimator().fit(data.X[idx][has_score], scores[has_score])
+        if trust:
+            intervals = fit_intervals(score_model, data.X[idx][has_score], scores[has_score], config.seed)
         if text_model is not None:
             fit_text_score(text_model, config, data.X[idx][has_score], scores[has_score], data.texts_of(idx[has_score]))
     info = {
@@ -83,7 +87,8 @@ def fit_models(data: Dataset, idx: np.ndarray, genres: list[str], spec: FeatureS
     mode = config.score_mode if score_model is not None else "none"
     return PosterModel(spec, genres, None if genre_model is None else genre_model.head_,
                        None if score_model is None else score_model.head_, mode, info,
-                       curves_table(genre_model, score_model), text_model)
+                       curves_table(genre_model, score_model), text_model,
+                       fit_domain(data.X[idx], config.seed) if trust else None, intervals)
 
 
 def _fit_genres(data: Dataset, X: np.ndarray, Y: np.ndarray, genres: list[str], config: TrainConfig,
@@ -131,13 +136,20 @@ def evaluate_split(model: PosterModel, data: Dataset, idx: np.ndarray) -> dict:
         train_Y = data.genre_matrix(model.genres, np.setdiff1d(np.arange(len(data)), idx))
         result["genre"] = {**metrics.genre_metrics(Y, P, L), "genres_per_poster": float(L.sum(axis=1).mean()),
                            "true_genres_per_poster": float(Y.sum(axis=1).mean()),
-                           "baselines": metrics.genre_baselines(train_Y.mean(axis=0), Y)}
+                           "baselines": metrics.genre_baselines(train_Y.mean(axis=0), Y),
+                           "accepted": metrics.accepted_curve(Y, L, model.genre_confidence(P, L))}
     scores = table["score"].to_numpy(dtype=float)
     ok = ~np.isnan(scores)
     if model.score_model is not None and ok.sum() > 1:
         texts = data.texts_of(idx[ok])
-        result["score"] = metrics.score_metrics(scores[ok], model.score(X[ok], texts), model.info["train_score_mean"],
+        predicted = model.score(X[ok], texts)
+        result["score"] = metrics.score_metrics(scores[ok], predicted, model.info["train_score_mean"],
                                                 classes=model.score_mode == "classes")
+        if model.intervals is not None:
+            low, high = model.score_interval(X[ok], predicted, INTERVAL)
+            result["score"]["interval"] = metrics.interval_metrics(scores[ok], low, high, INTERVAL)
+    if model.domain is not None:
+        result["domain"] = {"flagged": float(np.mean(model.domain_score(X) < DOMAIN_SHARE))}
     return result
 
 
@@ -209,10 +221,11 @@ def model_genres(data: Dataset, min_count: int) -> list[str]:
 
 
 def train(catalog_path: Path, images: Path | None, out: Path, config: TrainConfig, cache: Path,
-          progress: bool = True, data: Dataset | None = None) -> TrainResult:
+          progress: bool = True, data: Dataset | None = None, corrections: str | Path | None = None) -> TrainResult:
     """Embed (unless ``data`` is given: the catalogue already read and embedded with
     ``config.feature_spec()``), validate, fit and write the model directory (atomically:
-    ``directory.save``)."""
+    ``directory.save``). ``corrections``: a review database (``serve --review``) whose genres and
+    scores override the catalogue's (``info["n_corrections"]`` counts the posters)."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     spec = config.feature_spec()
@@ -224,6 +237,12 @@ def train(catalog_path: Path, images: Path | None, out: Path, config: TrainConfi
             ocr = OcrSettings()
         data = load_dataset(catalog_path, images, spec, cache, progress, ocr)
     seconds["embed"] = time.perf_counter() - start  # and read the posters' text, with --text
+    n_corrections = 0
+    if corrections is not None:
+        from posterlens.data.corrections import apply_corrections
+
+        table, n_corrections = apply_corrections(data.table, corrections)
+        data = replace(data, table=table)
     genres = model_genres(data, config.min_genre_count)
     validation, train_idx, test_idx = validate(data, genres, spec, config)
     model = fit_models(data, train_idx, genres, spec, config, valid_idx=test_idx)
@@ -233,6 +252,7 @@ def train(catalog_path: Path, images: Path | None, out: Path, config: TrainConfi
     model.info["validation"] = validation
     model.info["evaluated_on"] = validation["method"] if validation else "nothing (no holdout, no folds)"
     model.info["holdout_ids"] = data.table["id"].iloc[test_idx].tolist()
+    model.info["n_corrections"] = n_corrections
     seconds["fit"] = time.perf_counter() - start - seconds["embed"]
     extra = {
         CURVES_FILE: model.curves,

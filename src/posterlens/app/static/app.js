@@ -38,6 +38,15 @@ function showBars(result) {
     ]);
   }));
   $("score").textContent = result.score === null ? "n/a" : `${result.score.toFixed(1)} / 10`;
+  showTrust(result);
+}
+
+function showTrust(result) {
+  $("domain-warning").hidden = result.in_domain !== false;
+  $("score-interval").textContent = result.score_low === null ? ""
+    : `likely between ${result.score_low.toFixed(1)} and ${result.score_high.toFixed(1)} (${(100 * result.interval).toFixed(0)}% interval)`;
+  $("confidence").textContent = result.genre_confidence === null ? ""
+    : `confidence ${(100 * result.genre_confidence).toFixed(0)}% (expected F1)`;
 }
 
 function showSimilar(movies) {
