@@ -42,6 +42,10 @@ def test_predict_gives_genres_score_and_similar_movies(client, predictor, poster
     assert body["genres"] == list(expected["genres"])
     assert body["probabilities"]["Drama"] == pytest.approx(expected["Drama"], abs=1e-4)
     assert body["score"] == pytest.approx(expected["score"], abs=0.01)
+    assert body["score_low"] < body["score"] < body["score_high"] and body["interval"] == 0.8
+    assert body["genre_confidence"] == pytest.approx(expected["genre_confidence"], abs=1e-4)
+    assert body["domain_score"] == pytest.approx(expected["domain_score"], abs=1e-4)
+    assert body["in_domain"] is bool(expected["in_domain"])
     assert len(body["similar"]) == serve.SIMILAR
     assert "tt0085154" not in [m["id"] for m in body["similar"]]  # a training poster never matches itself
     assert all(m["has_poster"] for m in body["similar"])
