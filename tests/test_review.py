@@ -153,13 +153,6 @@ def test_a_tampered_database_is_refused_when_training_reads_it(tmp_path):
         corrections.apply_corrections(catalogue, engine)
 
 
-def test_confidence_uses_the_models_own_when_it_has_one():
-    predictions = pd.DataFrame({"Drama": [0.5, 0.9, 0.02], "Comedy": [0.1, 0.95, 0.01]})
-    np.testing.assert_allclose(review.confidence(predictions, ["Drama", "Comedy"]), [0.0, 0.8, 0.96])
-    np.testing.assert_allclose(review.confidence(predictions.assign(genre_confidence=[0.7, 0.2, 0.5]),
-                                                 ["Drama", "Comedy"]), [0.7, 0.2, 0.5])
-
-
 # --- the queue and its API ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The review queue: ``posterlens serve --review CATALOG``.
 
 The catalogue's posters are predicted once, at start-up, and queued least confident first
-(``genre_confidence`` where the model gives it); posters unlike the training ones
+(by ``genre_confidence``: a score-only model's come in catalogue order); posters unlike the training ones
 (``in_domain`` false) carry a warning. A person accepts the model's genres and score or
 corrects them; each review goes to the corrections database (``data.corrections``), which
 ``posterlens train --corrections DB`` reads. Routes, added to ``serve.create_app``'s app:
@@ -33,7 +33,7 @@ from posterlens.app.serve import STATIC, ApiError
 from posterlens.data import catalog as catalogs
 from posterlens.data import corrections
 
-__all__ = ["DB_NAME", "LOOPBACK", "default_db", "default_reviewer", "confidence", "ReviewQueue", "mount"]
+__all__ = ["DB_NAME", "LOOPBACK", "default_db", "default_reviewer", "ReviewQueue", "mount"]
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +54,6 @@ def default_reviewer() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "reviewer"
-
-
-def confidence(predictions: pd.DataFrame, genres: list[str]) -> np.ndarray:
-    """How sure the model is of each poster's genres, 0 to 1: its ``genre_confidence`` where it has one,
-    else how far its most doubtful genre's probability is from 0.5 (NaN without genres)."""
-    if "genre_confidence" in predictions:
-        return predictions["genre_confidence"].to_numpy(dtype=float)
-    if not genres:
-        return np.full(len(predictions), np.nan)
-    P = predictions[genres].to_numpy(dtype=float)
-    return 2 * np.abs(P - 0.5).min(axis=1)
 
 
 def _number(value) -> float | None:
@@ -105,10 +94,9 @@ class ReviewQueue:
             "id": table["id"].astype(str), "title": table["title"], "path": table["path"], "key": keys,
             "catalogue_genres": table["genres"], "catalogue_score": table["score"],
             "genres": rows["genres"], "score": rows["score"].astype(float) if predicted.attrs["has_score"] else np.nan,
-            "score_low": rows.get("score_low", np.nan), "score_high": rows.get("score_high", np.nan),
+            "score_low": rows["score_low"], "score_high": rows["score_high"],
             "probabilities": [dict(zip(genres, p)) for p in rows[genres].to_numpy(dtype=float)],
-            "confidence": confidence(rows, genres), "domain_score": rows.get("domain_score", np.nan),
-            "in_domain": rows.get("in_domain", True),
+            "confidence": rows["genre_confidence"], "domain_score": rows["domain_score"], "in_domain": rows["in_domain"],
         })
         items["reviewed"] = items["id"].isin(corrections.list_corrections(engine)["poster_id"])
         items = items.sort_values(["reviewed", "confidence"], kind="stable", na_position="last").reset_index(drop=True)
