@@ -82,6 +82,7 @@ def test_int8_engine_is_faithful_and_cached_apart(posters, int8_cache, onnx):
 
 def test_auto_engine_picks_int8_only_where_it_pays(monkeypatch, tmp_path, int8_cache):
     monkeypatch.setattr(engines, "int8_available", lambda: True)
+    monkeypatch.setattr(engines, "choose_engine", lambda *args, measure=True: engines.INT8 if measure else None)
     assert engines.resolve_engine("auto", (SPEC,), tmp_path, posters=10) == "openvino"  # quantizing costs more
     assert engines.resolve_engine("auto", (SPEC,), tmp_path, posters=engines.INT8_AFTER) == engines.INT8
     assert engines.resolve_engine("auto", (SPEC,), int8_cache, posters=1) == engines.INT8  # made already
@@ -154,9 +155,9 @@ def test_cache_chunks_that_fail_their_checks_are_recomputed(posters, tmp_path, o
     for chunk in (tmp_path / "features" / SPEC.key).glob("*.safetensors"):
         chunk.unlink()
     store.FeatureCache(tmp_path, SPEC).add(["k1"], np.full((1, SPEC.feature_dim), np.nan, np.float32))
-    assert store.FeatureCache(tmp_path, SPEC).load() == {} and "NaN or infinite" in caplog.text
-    store.FeatureCache(tmp_path, SPEC).add(["k2", "k3"], np.zeros((2, 7), np.float32))
-    assert store.FeatureCache(tmp_path, SPEC).load() == {} and "expected (2, " in caplog.text
+    assert store.FeatureCache(tmp_path, SPEC).get(["k1"]) == {} and "NaN or infinite" in caplog.text
+    with pytest.raises(ValueError, match=r"expected \(2, "):
+        store.FeatureCache(tmp_path, SPEC).add(["k2", "k3"], np.zeros((2, 7), np.float32))
 
 
 def test_rerun_computes_nothing_and_a_new_poster_computes_one(posters, tmp_path, onnx):

@@ -140,7 +140,8 @@ def embed(
     ``engine`` is resolved once for the whole job (``resolve_engine``): it decides the cache too,
     and ``batch_size`` where not given (``BATCH_SIZES``: int8 runs 1.1x faster at 32 than at 8).
 
-    Each file is read and hashed once; a poster missing from any backbone's cache is decoded
+    Each file is read and hashed once, and its key looked up in each backbone's store (only the rows of
+    these keys are read); a poster missing from any backbone's cache is decoded
     once and resized to the input of each backbone that lacks it, and only those backbones run.
     ``runners`` (one per backbone) replace the networks ``engine`` would build.
     """
@@ -152,7 +153,8 @@ def embed(
     batch_size = batch_size or BATCH_SIZES.get(engine, 8)
     caches = [FeatureCache(cache_dir, b, engine == INT8) if use_cache else NoCache() for b in backbones]
     keys, errors = _read_and_hash(paths, ":mirror" if mirror else "")
-    known = [cache.load() for cache in caches]
+    distinct = list(dict.fromkeys(key for key in keys if key is not None))
+    known = [cache.get(distinct) for cache in caches]  # index lookups: the cache's size does not matter
     ends = np.cumsum([b.feature_dim for b in backbones])
     columns = [slice(end - b.feature_dim, end) for b, end in zip(backbones, ends)]
     features = np.full((len(paths), spec.feature_dim), np.nan, dtype=np.float32)

@@ -1,13 +1,21 @@
 """Engines: the same network, exported once to ONNX with a uint8 input normalised inside the
 graph, run by OpenVINO in int8 (``features.int8``), OpenVINO in its default precision, ONNX
 Runtime (the fallback) or torch. ``resolve_engine`` says which ``auto`` picks, and why.
+
+Which engine is fastest depends on the CPU (int8 pays with VNNI; OpenVINO's bf16 on an
+AVX512-BF16 CPU beat it), so ``auto`` times the candidates once per machine on posters that
+ship with the package and keeps the verdict in the cache (``choose_engine``, like FFTW's
+wisdom): the fastest whose embeddings stay within ``FAITHFUL`` of ONNX Runtime's f32 ones.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -17,7 +25,8 @@ from posterlens.features.backbones import Backbone
 from posterlens.features.export import onnx_file, torch_module
 from posterlens.features.int8 import CALIBRATION_DIR, INT8, int8_dir, int8_file, quantize_int8
 
-__all__ = ["Runner", "INT8", "ENGINES", "BATCH_SIZES", "INT8_AFTER", "EngineError",
+__all__ = ["Runner", "INT8", "ENGINES", "BATCH_SIZES", "INT8_AFTER", "FAITHFUL", "EngineError", "machine_key",
+           "engine_timings", "choose_engine",
            "onnx_runner", "OpenVINORunner", "torch_runner", "openvino_available", "int8_unavailable",
            "int8_available", "resolve_engine", "make_runner"]
 
@@ -31,6 +40,12 @@ ENGINES = ("auto", INT8, "openvino", "onnx", "torch")
 BATCH_SIZES = {INT8: 32}  # posters a forward pass, by engine; others: 8 (ONNX Runtime's memory grows with it)
 INT8_AFTER = 1000  # auto makes the int8 models (~25 s for lite0 + lite2, once per cache) only for jobs this large
 INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: where int8 pays
+# The least cosine similarity to ONNX Runtime's f32 embedding an engine may give a timing poster. Int8's
+# least over the 4,722 development posters is 0.971 with CV genre figures equal to f32's (docs/features.md);
+# bf16 OpenVINO gives 0.998 on the timing posters.
+FAITHFUL = 0.95
+TIMING_POSTERS = 32  # the bundled posters after the int8 calibration ones: what each engine is timed on
+TIMING_ROUNDS = 3  # each engine's time is its best of this many rounds, interleaved with the others'
 
 def onnx_runner(backbone: Backbone, cache_dir: Path, threads: int | None = None) -> Runner:
     """ONNX Runtime session on the exported backbone."""
@@ -166,7 +181,9 @@ def resolve_engine(engine: str, backbones: Sequence[Backbone] = (), cache_dir: P
       are in ``cache_dir`` already or the job has ``INT8_AFTER`` posters or more (making them
       costs ~25 s once for lite0 + lite2);
     - else ``openvino`` where installed (2x ONNX Runtime on this CPU in f32);
-    - else ``onnx``.
+    - else ``onnx``;
+    and where this machine's engines were timed (``choose_engine``: on the first job of
+    ``INT8_AFTER`` posters, which makes the int8 models anyway), the fastest faithful one.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
@@ -176,12 +193,15 @@ def resolve_engine(engine: str, backbones: Sequence[Backbone] = (), cache_dir: P
         return "onnx"
     made = bool(backbones) and cache_dir is not None and all(
         (int8_dir(b, cache_dir) / "model.xml").exists() for b in backbones)
+    measured = choose_engine(backbones, cache_dir, measure=False) if backbones and cache_dir else None
+    if measured is not None and (measured != INT8 or made or posters >= INT8_AFTER):
+        return measured
     if not made and posters < INT8_AFTER:
         return "openvino"
     if not int8_available():
         _say_once(f"--engine auto: not openvino-int8 because {int8_unavailable() or 'it is turned off'}; using openvino")
         return "openvino"
-    return INT8
+    return choose_engine(backbones, cache_dir) if backbones and cache_dir else INT8
 
 
 @functools.cache
@@ -197,3 +217,101 @@ def make_runner(backbone: Backbone, cache_dir: Path, engine: str = "auto") -> Ru
     if engine == "onnx":
         return onnx_runner(backbone, cache_dir)
     return torch_runner(backbone)
+
+
+# --- which engine is fastest here: timed once per machine ---------------------------------------
+
+def machine_key(backbones: Sequence[Backbone]) -> str:
+    """What a timing holds for: the CPU (model name and flags), the engines' versions and the backbones."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "-"
+
+    try:
+        model = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    parts = [model, " ".join(sorted(_cpu_flags())), str(os.cpu_count()), installed("openvino"), installed("onnxruntime"),
+             *(b.key for b in backbones)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _timing_pixels(backbone: Backbone):
+    """``TIMING_POSTERS`` bundled posters after the int8 calibration ones, uint8 at the backbone's size."""
+    import numpy as np
+
+    from posterlens.data.images import decode, read_poster_bytes
+    from posterlens.features.int8 import CALIBRATION_POSTERS
+
+    files = sorted(p for p in CALIBRATION_DIR.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    files = files[CALIBRATION_POSTERS:CALIBRATION_POSTERS + TIMING_POSTERS] or files[:TIMING_POSTERS]
+    size = (backbone.width, backbone.height)
+    return np.stack([np.asarray(decode(p, read_poster_bytes(p), size), dtype=np.uint8) for p in files])
+
+
+def _cosines(a, b):
+    import numpy as np
+
+    return (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def engine_timings(backbones: Sequence[Backbone], cache_dir: Path, candidates: Sequence[str]) -> dict[str, dict]:
+    """Posters a second of each candidate engine over ``backbones`` at its batch size (``BATCH_SIZES``;
+    best of ``TIMING_ROUNDS`` interleaved rounds, compiled and warmed first), and the least cosine
+    similarity of its embeddings to ONNX Runtime's f32 ones on the same posters."""
+    import numpy as np
+
+    pixels = [_timing_pixels(b) for b in backbones]
+    reference = [onnx_runner(b, cache_dir)(p) for b, p in zip(backbones, pixels)]
+    runners = {engine: [make_runner(b, cache_dir, engine) for b in backbones] for engine in candidates}
+    best = {engine: float("inf") for engine in candidates}
+    least = {}
+    for engine, built in runners.items():  # compile and warm each engine's batch mode
+        size = BATCH_SIZES.get(engine, 8)
+        out = [np.concatenate([run(p[i:i + size]) for i in range(0, len(p), size)]) for run, p in zip(built, pixels)]
+        least[engine] = float(min(_cosines(o, r).min() for o, r in zip(out, reference)))
+    for _ in range(TIMING_ROUNDS):
+        for engine, built in runners.items():
+            size = BATCH_SIZES.get(engine, 8)
+            start = time.perf_counter()
+            for run, p in zip(built, pixels):
+                for i in range(0, len(p), size):
+                    run(p[i:i + size])
+            best[engine] = min(best[engine], time.perf_counter() - start)
+    n = len(pixels[0])
+    return {engine: {"posters_per_s": round(n / best[engine], 1), "least_cosine": round(least[engine], 5),
+                     "faithful": least[engine] >= FAITHFUL} for engine in candidates}
+
+
+def choose_engine(backbones: Sequence[Backbone], cache_dir: Path, measure: bool = True) -> str | None:
+    """The fastest faithful engine on this machine, from ``<cache>/engines/<machine_key>.json``; without
+    one, timed now (``engine_timings`` of openvino, and openvino-int8 where ``int8_available``: ONNX
+    Runtime is the fidelity reference, slower than OpenVINO's f32 on every CPU measured) and written
+    there, unless ``measure`` is off (then None)."""
+    path = Path(cache_dir) / "engines" / f"{machine_key(backbones)}.json"
+    try:
+        chosen = json.loads(path.read_text())["chosen"]
+        if chosen in ("openvino", "onnx") or (chosen == INT8 and int8_available()):
+            return chosen
+        raise ValueError(f"not an engine this machine may use: {chosen!r}")
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or a damaged or foreign file: time again
+        if not measure:
+            return None
+    candidates = ["openvino", *([INT8] if int8_available() else [])]
+    timings = engine_timings(backbones, cache_dir, candidates)
+    faithful = [e for e in candidates if timings[e]["faithful"]] or ["onnx"]
+    chosen = max(faithful, key=lambda e: timings[e]["posters_per_s"])
+    log.info("--engine auto: timed here (%s): %s; using %s", path.name,
+             ", ".join(f"{e} {t['posters_per_s']}/s" for e, t in timings.items()), chosen)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"chosen": chosen, "timings": timings}, indent=2))
+        os.replace(tmp, path)
+    except OSError as err:  # a read-only cache: timed again next time
+        log.warning("cannot keep the engine timings in %s (%s)", path.parent, err)
+    return chosen

@@ -320,7 +320,7 @@ class Predictor:
     def _features(self, posters: list[Poster], mirror: bool, progress: bool) -> tuple[np.ndarray, list, dict]:
         """``embed`` of user files (through the cache) and of temporary copies of in-memory images (not
         cached): (features, cache keys, errors by path). Files this predictor has embedded before,
-        unchanged since, come from its memo: the disk cache is read whole on each ``embed`` call."""
+        unchanged since, come from its memo: neither read nor hashed again, nor looked up in the disk cache."""
         X = np.full((len(posters), self.model.features.feature_dim), np.nan, dtype=np.float32)
         keys: list[str | None] = [None] * len(posters)
         ids = [_file_id(p.path, mirror) if p.cached else None for p in posters]
