@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -111,6 +112,41 @@ def test_rapidocr_reads_a_poster_offline(sample_dir, tmp_path):
     result = ocr.read_texts(paths, tmp_path / "cache", progress=False)
     assert result.ok.all() and result.computed == 3
     assert any(len(t) > 3 for t in result.texts)  # posters carry titles and names
+
+
+def test_ocr_engine_rules(monkeypatch):
+    with pytest.raises(ValueError, match="OCR engine 'tensorrt'"):
+        ocr.rapidocr_params(ocr.OcrSettings(), "tensorrt")
+    assert ocr.ocr_engine() in ocr.ENGINES
+    monkeypatch.setattr(ocr, "ocr_engine", lambda: "onnxruntime")
+    on_ort = ocr.OcrSettings().key  # what onnxruntime's texts were cached under before OpenVINO could read them
+    assert re.fullmatch(r"rapidocr[\d.]+-det320-box0\.7-max1024", on_ort)
+    assert "engine_type" not in str(ocr.rapidocr_params(ocr.OcrSettings()))
+    monkeypatch.setattr(ocr, "ocr_engine", lambda: "openvino")
+    assert ocr.OcrSettings().key == on_ort + "-openvino-bf16"  # bf16 reads a few words differently: cached apart
+    params = ocr.rapidocr_params(ocr.OcrSettings(threads=2))
+    assert params["EngineConfig.openvino.inference_num_threads"] == 2
+    if ocr.rapidocr_available():  # the wheel's own ONNX files: rapidocr would download OpenVINO models otherwise
+        assert all(os.path.isfile(params[f"{part}.model_path"]) for part in ("Det", "Rec"))
+
+
+@pytest.mark.skipif(not ocr.rapidocr_available(), reason="rapidocr (posterlens[text]) is not installed")
+def test_openvino_and_onnxruntime_read_the_same_titles(sample_dir, sample_rows):
+    """Where the CPU has bf16, OpenVINO reads a few small words differently (benchmarks/ocr_speed.py:
+    96% of onnxruntime's words), never the titles."""
+    pytest.importorskip("openvino")
+    rows = sample_rows.head(12)
+    paths = [sample_dir / "images" / f"tt{int(imdb):07d}.jpg" for imdb in rows["imdbId"]]
+    images = [ocr.poster_pixels(str(p), p.read_bytes(), ocr.OcrSettings().max_side) for p in paths]
+    found = {}
+    for engine in ocr.ENGINES:
+        read = ocr.ocr_reader(ocr.OcrSettings(), engine)
+        found[engine] = [collections.Counter(re.findall(r"\w\w+", read(rgb).lower())) for rgb in images]
+    ort, ov = found["onnxruntime"], found["openvino"]
+    assert sum(sum((a & b).values()) for a, b in zip(ort, ov)) >= 0.9 * sum(sum(a.values()) for a in ort) > 0
+    for title, a, b in zip(rows["Title"], ort, ov):
+        title_words = set(re.findall(r"\w\w+", re.sub(r"\(\d{4}\)$", "", title).lower()))
+        assert title_words & set(a) <= set(b), title
 
 
 GENRES = ["Drama", "Comedy", "Horror"]

@@ -1,5 +1,6 @@
 """Poster text: the words printed on each poster (title, tagline, names), read by rapidocr's
-ONNX models, which ship inside its wheel (nothing is downloaded).
+ONNX models, which ship inside its wheel (nothing is downloaded), on OpenVINO in bf16 where the
+CPU has it and on onnxruntime elsewhere (``ocr_engine``).
 
 Cached like embeddings: by OCR settings and the hash of each image's bytes, each finished
 batch written atomically with its SHA-256; a damaged chunk is ignored with a warning and
@@ -10,6 +11,7 @@ stops the batch. rapidocr is an optional extra (``pip install 'posterlens[text]'
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -27,8 +29,9 @@ from posterlens.data.images import PosterError, content_hash, decode, read_poste
 from posterlens.errors import TextUnavailable
 from posterlens.progress import progress as progress_bar
 
-__all__ = ["OcrSettings", "PosterTexts", "TextCache", "TextUnavailable", "INSTALL_HINT", "rapidocr_available",
-           "require_rapidocr", "ocr_reader", "read_texts"]
+__all__ = ["OcrSettings", "PosterTexts", "TextCache", "TextUnavailable", "INSTALL_HINT", "ENGINES", "MODEL_FILES",
+           "rapidocr_available", "require_rapidocr", "ocr_engine", "rapidocr_params", "ocr_reader", "poster_pixels",
+           "read_texts"]
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +48,49 @@ def require_rapidocr() -> None:
         raise TextUnavailable(f"--text reads poster text with rapidocr, which is not installed: {INSTALL_HINT}")
 
 
+ENGINES = ("onnxruntime", "openvino")
+MODEL_FILES = {"Det": "PP-OCRv6_det_small.onnx", "Rec": "PP-OCRv6_rec_small.onnx"}  # in rapidocr 3.10.0's wheel
+
+
+def _model_dir() -> Path:
+    return Path(importlib.util.find_spec("rapidocr").origin).parent / "models"
+
+
+@functools.cache
+def ocr_engine() -> str:
+    """The runtime that reads posters on this machine: ``"openvino"`` where the CPU computes in bf16
+    (AVX512-BF16 or AMX: OpenVINO then runs detection and recognition in bf16), else ``"onnxruntime"``.
+
+    On the development posters, on a 2-core machine shared with another job (benchmarks/ocr_speed.py,
+    docs/text.md): OpenVINO in bf16 took 0.70x onnxruntime's time (0.066-0.075 s against 0.095-0.106 s
+    median a poster, two samples), finding 96% of its words (the other 4%: small print read
+    differently) and the same catalogue title words, within a point. In f32 OpenVINO reads exactly
+    onnxruntime's words, ~10% slower: onnxruntime stays the runtime there.
+    """
+    if not rapidocr_available() or not all((_model_dir() / f).is_file() for f in MODEL_FILES.values()):
+        return "onnxruntime"
+    try:
+        import openvino
+
+        bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception as err:  # noqa: BLE001  not installed, no CPU plugin: onnxruntime, which always works
+        log.debug("OCR on onnxruntime: OpenVINO unavailable (%s)", err)
+        return "onnxruntime"
+    return "openvino" if bf16 else "onnxruntime"
+
+
 @dataclass(frozen=True)
 class OcrSettings:
-    """How posters are read. The defaults cost 0.16 s min, 0.48 s median a poster on one thread
-    (docs/text.md): detection at 320 px on the short side (rapidocr's default, 736 px with the
-    direction classifier, costs ~5x more on 182x268 posters for about the same words), no
-    text-direction classifier, boxes under 0.7 confidence dropped (mostly the credit block)."""
+    """How posters are read: detection at 320 px on the short side (rapidocr's default, 736 px with
+    the direction classifier, costs ~5x more for about the same words; the poster's own size or
+    less loses a third of them), no text-direction classifier, boxes under 0.7 confidence dropped
+    (mostly the credit block), on one thread, with the runtime ``ocr_engine`` picks.
+
+    Cost (benchmarks/ocr_speed.py, 100 and 200 development posters of 300x~445 px, one thread, a
+    2-core machine shared with another job): 0.066-0.075 s median a poster on OpenVINO bf16,
+    0.095-0.106 s on onnxruntime. ``key`` names the runtime where it is not onnxruntime: bf16 reads
+    a few small words differently, so each runtime's texts are cached apart. The runtime is the
+    machine's (like the embedding engine), not a setting a model saves."""
 
     det_side: int = 320
     box_thresh: float = 0.7
@@ -61,32 +101,51 @@ class OcrSettings:
     def key(self) -> str:
         from importlib.metadata import version
 
-        return f"rapidocr{version('rapidocr')}-det{self.det_side}-box{self.box_thresh}-max{self.max_side}"
+        runtime = "" if ocr_engine() == "onnxruntime" else f"-{ocr_engine()}-bf16"
+        return f"rapidocr{version('rapidocr')}-det{self.det_side}-box{self.box_thresh}-max{self.max_side}{runtime}"
 
 
 Reader = Callable[[np.ndarray], str]
 
 
-def ocr_reader(settings: OcrSettings) -> Reader:
-    """rapidocr on an RGB uint8 array -> the poster's words, in reading order, one string."""
-    require_rapidocr()
-    from rapidocr import RapidOCR
+def rapidocr_params(settings: OcrSettings, engine: str | None = None) -> dict:
+    """The ``RapidOCR(params=...)`` these settings mean on ``engine`` (default: ``ocr_engine()``).
 
-    engine = RapidOCR(params={
+    OpenVINO is given the ONNX files in rapidocr's wheel (left to itself, rapidocr would download
+    its own OpenVINO models)."""
+    engine = engine or ocr_engine()
+    if engine not in ENGINES:
+        raise ValueError(f"OCR engine {engine!r}: expected one of {ENGINES}")
+    params = {
         "Global.log_level": "error", "Global.use_cls": False,
         "EngineConfig.onnxruntime.intra_op_num_threads": settings.threads,
         "EngineConfig.onnxruntime.inter_op_num_threads": 1,
         "Det.limit_side_len": settings.det_side, "Det.box_thresh": settings.box_thresh,
-    })
+    }
+    if engine == "openvino":
+        from rapidocr import EngineType
+
+        params["EngineConfig.openvino.inference_num_threads"] = settings.threads
+        for part, name in MODEL_FILES.items():
+            params.update({f"{part}.engine_type": EngineType.OPENVINO, f"{part}.model_path": str(_model_dir() / name)})
+    return params
+
+
+def ocr_reader(settings: OcrSettings, engine: str | None = None) -> Reader:
+    """rapidocr on an RGB uint8 array -> the poster's words, in reading order, one string."""
+    require_rapidocr()
+    from rapidocr import RapidOCR
+
+    ocr = RapidOCR(params=rapidocr_params(settings, engine))
 
     def read(rgb: np.ndarray) -> str:
-        result = engine(np.ascontiguousarray(rgb[:, :, ::-1]))  # rapidocr works in BGR, like cv2.imread
+        result = ocr(np.ascontiguousarray(rgb[:, :, ::-1]))  # rapidocr works in BGR, like cv2.imread
         return " ".join(result.txts or ())
 
     return read
 
 
-def _pixels(path: str, data: bytes, max_side: int) -> np.ndarray:
+def poster_pixels(path: str, data: bytes, max_side: int) -> np.ndarray:
     """The poster as RGB uint8 at its own size (at most ``max_side``), through ``images.decode``'s checks."""
     import io
 
@@ -195,7 +254,7 @@ def read_texts(paths: Sequence[str | Path], cache_dir: Path, settings: OcrSettin
         for key, rows in todo.items():
             path = paths[rows[0]]
             try:
-                text = reader(_pixels(path, data.pop(key), settings.max_side))
+                text = reader(poster_pixels(path, data.pop(key), settings.max_side))
             except Exception as err:  # noqa: BLE001  a bad poster costs itself, never the batch
                 reason = getattr(err, "reason", None) or f"cannot read its text ({type(err).__name__}: {err})"
                 errors.update({paths[r]: reason for r in rows})
