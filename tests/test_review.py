@@ -250,12 +250,14 @@ def test_serve_review_refuses_a_public_host_and_stray_options(tmp_path, small_ca
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Chromium and chromedriver "
                     "(apt-get install chromium chromium-driver)")
-def test_two_posters_corrected_through_the_page(predictor, queue, tmp_path):
+def test_two_posters_corrected_through_the_page(predictor, small_catalog, db, tmp_path):
+    """End to end in Chromium, into a SQLite file and into PostgreSQL."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    queue = review.ReviewQueue.build(predictor, small_catalog, None, db, "tester")
     queue.items.loc[2, "in_domain"] = False  # as the model says of a poster unlike its training posters
     web = serve.create_app(predictor)
     review.mount(web, queue)
