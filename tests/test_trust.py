@@ -147,3 +147,25 @@ def test_a_trust_entry_that_lies_is_refused(model_copy, rewrite_config, trust, m
     rewrite_config(model_copy, lambda c: c.__setitem__("trust", trust))
     with pytest.raises(ModelError, match=message):
         directory.load(model_copy)
+
+
+def test_a_model_from_before_the_trust_parts_still_predicts(model_copy, rewrite_config, shared_cache, sample_dir):
+    def drop_trust(config):
+        del config["trust"]
+        del config["files"][directory.TRUST_FILE]
+
+    rewrite_config(model_copy, drop_trust)
+    (model_copy / directory.TRUST_FILE).unlink()
+    table = posterlens.load(model_copy, shared_cache).predict(sorted((sample_dir / "images").glob("*.jpg"))[:2])
+    assert table[["score_low", "score_high", "domain_score"]].isna().all().all() and table["in_domain"].isna().all()
+    assert table["genre_confidence"].between(0, 1).all()  # needs only the probabilities
+
+
+def test_a_bad_interval_level_is_one_line_and_exit_2(sample_dir):
+    from typer.testing import CliRunner
+
+    from posterlens.app.cli import app
+
+    result = CliRunner().invoke(app, ["predict", "--interval", "1.5", str(next((sample_dir / "images").glob("*.jpg")))])
+    assert result.exit_code == 2 and "interval" in result.output and "out of range" in result.output
+    assert len(result.output.strip().splitlines()) == 1

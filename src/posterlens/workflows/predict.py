@@ -310,9 +310,8 @@ class Predictor:
             return {"score_low": np.zeros(0, np.float32), "score_high": np.zeros(0, np.float32),
                     "genre_confidence": np.zeros(0, np.float32), "domain_score": np.zeros(0, np.float32),
                     "in_domain": pd.array([], dtype="boolean")}
-        with self._threads.limit(limits=1, user_api="blas"):
-            low, high = self.model.score_interval(X, scores, interval)
-            domain = self.model.domain_score(X)
+        low, high = self._heads(lambda rows: np.stack(self.model.score_interval(rows, scores, interval)), X)
+        domain = self._heads(self.model.domain_score, X)
         return {"score_low": low, "score_high": high, "genre_confidence": self.model.genre_confidence(P, labels),
                 "domain_score": domain,
                 "in_domain": pd.array(np.where(np.isnan(domain), None, domain >= DOMAIN_SHARE), dtype="boolean")}
