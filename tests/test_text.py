@@ -114,6 +114,19 @@ def test_rapidocr_reads_a_poster_offline(sample_dir, tmp_path):
     assert any(len(t) > 3 for t in result.texts)  # posters carry titles and names
 
 
+@pytest.mark.skipif(not ocr.rapidocr_available(), reason="rapidocr (posterlens[text]) is not installed")
+def test_worker_processes_read_what_one_process_reads(sample_dir, tmp_path):
+    paths = sorted((sample_dir / "images").iterdir())[:6]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a poster")
+    one = ocr.read_texts(paths, tmp_path / "one", progress=False)
+    two = ocr.read_texts([*paths, broken], tmp_path / "two", batch_size=2, progress=False, workers=2)
+    assert two.texts[:6] == one.texts and two.computed == 6  # same words, in the catalogue's order
+    assert two.texts[6] is None and str(broken) in two.errors  # a bad poster costs itself only
+    again = ocr.read_texts(paths, tmp_path / "two", progress=False, workers=2)
+    assert again.cached == 6 and again.computed == 0  # every finished batch was cached
+
+
 def test_ocr_engine_rules(monkeypatch):
     with pytest.raises(ValueError, match="OCR engine 'tensorrt'"):
         ocr.rapidocr_params(ocr.OcrSettings(), "tensorrt")

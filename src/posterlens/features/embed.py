@@ -209,16 +209,33 @@ def embed_files(paths: Sequence[str | Path], backbone: Backbone, cache_dir: Path
 def load_dataset(catalog_path: Path, images: Path | None, spec: FeatureSpec, cache: Path, progress: bool = True,
                  text: OcrSettings | None = None, engine: str = "auto") -> Dataset:
     """Read a catalogue and embed its posters (from the store where possible); with ``text``
-    (OCR settings), also read the text printed on them (cached in the same folder). Posters
-    that cannot be read are left out (``embed`` warns about each)."""
+    (OCR settings), also read the text printed on them (cached in the same folder), in
+    ``ocr_workers()`` processes while the posters are embedded. Posters that cannot be read are
+    left out (``embed`` warns about each)."""
     table = catalog.read_catalog(catalog_path, images)
-    emb = embed(table["path"].tolist(), spec, cache, engine=engine, progress=progress)
+    paths = table["path"].tolist()
+    reading = _start_reading(paths, cache, text, progress) if text is not None else None
+    try:
+        emb = embed(paths, spec, cache, engine=engine, progress=progress)
+    finally:
+        found = reading.result() if reading is not None else None
     ok = emb.ok
     if not ok.any():
         raise DataError(f"{catalog_path}: none of the {len(table)} posters could be read")
     data = Dataset(table, emb.features, emb.keys).subset(ok)
-    if text is not None:
-        from posterlens.features.ocr import read_texts
-
-        data.texts = read_texts(data.table["path"].tolist(), cache, text, progress=progress).texts
+    if found is not None:
+        for row in np.flatnonzero(ok):
+            if paths[row] in found.errors:  # embedded, but its text could not be read: predicted from the image
+                log.warning("no text for %s: %s", paths[row], found.errors[paths[row]])
+        data.texts = [found.texts[row] for row in np.flatnonzero(ok)]
     return data
+
+
+def _start_reading(paths: list[str], cache: Path, text: OcrSettings, progress: bool):
+    """``read_texts`` of ``paths`` in a background thread (its OCR in worker processes): a future."""
+    from posterlens.features.ocr import ocr_workers, read_texts
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="ocr")
+    future = pool.submit(read_texts, paths, cache, text, progress=progress, workers=ocr_workers(), warn=False)
+    pool.shutdown(wait=False)  # no more tasks; the one submitted runs on
+    return future

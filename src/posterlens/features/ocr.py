@@ -31,7 +31,7 @@ from posterlens.progress import progress as progress_bar
 
 __all__ = ["OcrSettings", "PosterTexts", "TextCache", "TextUnavailable", "INSTALL_HINT", "ENGINES", "MODEL_FILES",
            "rapidocr_available", "require_rapidocr", "ocr_engine", "rapidocr_params", "ocr_reader", "poster_pixels",
-           "read_texts"]
+           "ocr_workers", "read_texts"]
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +220,65 @@ class PosterTexts:
         return np.array([t is not None for t in self.texts], dtype=bool)
 
 
+def _read_one(reader: Reader, path: str, data: bytes, settings: OcrSettings) -> tuple[str | None, str | None]:
+    """(text, None), or (None, the reason) where this poster cannot be read: never raises."""
+    try:
+        return reader(poster_pixels(path, data, settings.max_side)), None
+    except Exception as err:  # noqa: BLE001  a bad poster costs itself, never the batch
+        return None, getattr(err, "reason", None) or f"cannot read its text ({type(err).__name__}: {err})"
+
+
+_worker: tuple[Reader, OcrSettings] | None = None  # each OCR worker process's reader
+
+
+def _start_worker(settings: OcrSettings) -> None:
+    global _worker
+    _worker = ocr_reader(settings), settings
+
+
+def _read_in_worker(items: list[tuple[str, bytes]]) -> list[tuple[str | None, str | None]]:
+    reader, settings = _worker
+    return [_read_one(reader, path, data, settings) for path, data in items]
+
+
+def ocr_workers() -> int:
+    """Processes that read poster text in ``load_dataset``: one per core this process may use
+    (each reads on ``OcrSettings.threads`` thread)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _results(todo: list[tuple[str, bytes]], settings: OcrSettings, reader: Reader | None, workers: int,
+             batch_size: int):
+    """Yield (index in ``todo``, (text, reason)) as posters are read: in this process, or with
+    ``workers`` > 1 (and no ``reader`` given) in that many processes, ``batch_size`` posters a task."""
+    if reader is not None or workers <= 1 or len(todo) <= batch_size:
+        reader = reader or ocr_reader(settings)
+        for i, (path, data) in enumerate(todo):
+            yield i, _read_one(reader, path, data, settings)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start_worker, (settings,)) as pool:
+        tasks = {pool.submit(_read_in_worker, todo[s:s + batch_size]): s for s in range(0, len(todo), batch_size)}
+        for task in as_completed(tasks):
+            try:
+                results = task.result()
+            except Exception as err:  # noqa: BLE001  a worker that died costs its own posters, never the batch
+                results = [(None, f"cannot read its text (the OCR process failed: {type(err).__name__})")] * len(
+                    todo[tasks[task]:tasks[task] + batch_size])
+            for offset, result in enumerate(results):
+                yield tasks[task] + offset, result
+
+
 def read_texts(paths: Sequence[str | Path], cache_dir: Path, settings: OcrSettings = OcrSettings(),
                reader: Reader | None = None, batch_size: int = 16, progress: bool = True,
-               use_cache: bool = True) -> PosterTexts:
-    """The text printed on each poster, from the cache where possible (OCR only for new images).
+               use_cache: bool = True, workers: int = 1, warn: bool = True) -> PosterTexts:
+    """The text printed on each poster, from the cache where possible (OCR only for new images),
+    in ``workers`` processes (``ocr_workers()``) where no ``reader`` is given.
 
-    ``use_cache=False`` neither reads nor writes the cache (in-memory images, as for embeddings)."""
+    ``use_cache=False`` neither reads nor writes the cache (in-memory images, as for embeddings).
+    ``warn=False`` leaves the "skipped" warnings to the caller (``PosterTexts.errors``)."""
     start = time.perf_counter()
     paths = [str(p) for p in paths]
     cache = TextCache(Path(cache_dir), settings) if use_cache else None
@@ -248,30 +301,28 @@ def read_texts(paths: Sequence[str | Path], cache_dir: Path, settings: OcrSettin
     texts: list[str | None] = [known.get(k) if k else None for k in keys]
     cached = sum(t is not None for t in texts)
     if todo:
-        reader = reader or ocr_reader(settings)
-        bar = progress_bar(len(todo), "reading poster text", "poster", progress)
+        new = list(todo)
+        bar = progress_bar(len(new), "reading poster text", "poster", progress)
         done_keys, done_texts = [], []
-        for key, rows in todo.items():
-            path = paths[rows[0]]
-            try:
-                text = reader(poster_pixels(path, data.pop(key), settings.max_side))
-            except Exception as err:  # noqa: BLE001  a bad poster costs itself, never the batch
-                reason = getattr(err, "reason", None) or f"cannot read its text ({type(err).__name__}: {err})"
+        items = [(paths[todo[key][0]], data.pop(key)) for key in new]
+        for n, (text, reason) in _results(items, settings, reader, workers, batch_size):
+            rows = todo[new[n]]
+            bar.update()
+            if text is None:
                 errors.update({paths[r]: reason for r in rows})
-                bar.update()
                 continue
             for r in rows:
                 texts[r] = text
-            done_keys.append(key)
+            done_keys.append(new[n])
             done_texts.append(text)
             if len(done_keys) >= batch_size and cache:
                 cache.add(done_keys, done_texts)
                 done_keys, done_texts = [], []
-            bar.update()
         if cache:
             cache.add(done_keys, done_texts)
         bar.close()
-    for path, reason in errors.items():
-        log.warning("skipped %s: %s", path, reason)
+    if warn:
+        for path, reason in errors.items():
+            log.warning("skipped %s: %s", path, reason)
     computed = sum(texts[rows[0]] is not None for rows in todo.values())
     return PosterTexts(paths, texts, keys, errors, computed, cached, time.perf_counter() - start)
