@@ -231,7 +231,7 @@ def train(
     text: Optional[bool] = typer.Option(None, "--text/--no-text",
                                         help="also read the text printed on each poster (rapidocr: pip install "
                                              "'posterlens[text]') and fuse text genre and score models with the image ones: "
-                                             "+0.03 macro-mAP, score Spearman 0.37 -> 0.43 in 5-fold CV (docs/text.md); costs ~0.4 s of OCR per "
+                                             "+0.03 macro-mAP, score Spearman 0.37 -> 0.43 in 5-fold CV (docs/text.md); costs ~0.1 s of OCR per "
                                              "new poster (cached), in training and in every prediction "
                                              "(default: off, or --config's)"),
     corrections: Optional[str] = typer.Option(None, help="reviews from `posterlens serve --review` (SQLite file or "
