@@ -419,11 +419,15 @@ class Cluster:
 
         ``table="task_instance_history"`` gives the earlier tries of the ones retried.
         """
-        rows = self.sql(f"SELECT task_id, map_index, state, hostname, try_number, "
-                        f"EXTRACT(EPOCH FROM end_date - start_date) FROM {table} WHERE dag_id = %s AND run_id = %s "
+        rows = self.sql(f"SELECT task_id, map_index, state, hostname, try_number, EXTRACT(EPOCH FROM start_date), "
+                        f"EXTRACT(EPOCH FROM end_date) FROM {table} WHERE dag_id = %s AND run_id = %s "
                         f"ORDER BY task_id, map_index, try_number", DAG_ID, run_id)
-        names = ("task", "map_index", "state", "hostname", "try", "seconds")
-        return [dict(zip(names, row[:5] + (None if row[5] is None else round(float(row[5]), 1),))) for row in rows]
+        names = ("task", "map_index", "state", "hostname", "try", "start", "end")
+        found = [dict(zip(names, row[:5] + tuple(None if t is None else float(t) for t in row[5:])))
+                 for row in rows]
+        for ti in found:
+            ti["seconds"] = None if None in (ti["start"], ti["end"]) else round(ti["end"] - ti["start"], 1)
+        return found
 
     def results(self, run_id: str, task: str) -> dict[int, object]:
         """What each (mapped) instance of ``task`` returned, by map index."""
@@ -477,7 +481,7 @@ def _redis_pong(port: int) -> bool:
         return False
 
 
-# -- the posterlens DAG on the sample ------------------------------------------------------
+# -- the posterlens DAG on a catalogue -----------------------------------------------------
 
 
 def cached_keys(cache: Path) -> list[str]:
@@ -489,6 +493,42 @@ def cached_keys(cache: Path) -> list[str]:
         with safe_open(str(chunk), framework="numpy") as f:
             keys += f.metadata()["keys"].split(",")
     return keys
+
+
+def _chunk_keys(path: Path) -> list[str] | None:
+    """The keys a chunk file's header lists; None if it is gone (merged away by ``compact``)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return f.metadata()["keys"].split(",")
+    except Exception:  # removed between the listing and the read: anything else is raised
+        if path.exists():
+            raise
+        return None
+
+
+class ChunkKeys:
+    """The posters a feature cache's chunk files hold for each of its ``stores`` backbones (what a
+    re-run finds cached); each look reads only new files' headers."""
+
+    def __init__(self, cache: Path, stores: int = 1):
+        self.cache, self.stores = cache, stores
+        self._files: dict[Path, list[str]] = {}
+
+    def keys(self) -> set[str]:
+        present = set(self.cache.glob("features/*/*.safetensors"))
+        for gone in set(self._files) - present:
+            del self._files[gone]
+        for path in sorted(present - set(self._files)):
+            if (keys := _chunk_keys(path)) is not None:
+                self._files[path] = keys
+        by_store: dict[Path, set[str]] = {}
+        for path, keys in self._files.items():
+            by_store.setdefault(path.parent, set()).update(keys)
+        if len(by_store) < self.stores:
+            return set()
+        return set.intersection(*by_store.values())
 
 
 def shard_keys(conf: dict) -> dict[int, set[str]]:
@@ -503,28 +543,42 @@ def shard_keys(conf: dict) -> dict[int, set[str]]:
 
 @dataclass
 class KillDuringEmbed:
-    """Kills the worker of a running ``embed`` shard once part, not all, of it is cached."""
+    """Kills the worker of a running ``embed`` shard once part, not all, of that shard is cached,
+    at least ``shard_at`` of it, and at least ``at`` of the catalogue's posters are (both 0: as soon
+    as a shard is part way). Cached: in every backbone's store, so a retry finds it there."""
 
     cluster: Cluster
     run_id: str
     conf: dict
+    at: float = 0.0
+    shard_at: float = 0.0
+    every: float = 0.0  # least seconds between looks at the cache (``Cluster.wait`` polls every 0.2 s)
     killed: dict | None = None
     _keys: dict[int, set[str]] | None = None
+    _chunks: ChunkKeys | None = None
+    _last: float = 0.0
 
     def __call__(self) -> None:
-        if self.killed:
+        if self.killed or time.monotonic() - self._last < self.every:
             return
+        self._last = time.monotonic()
         running = [ti for ti in self.cluster.task_instances(self.run_id)
                    if ti["task"] == "embed" and ti["state"] == "running" and ti["hostname"] in self.cluster.workers]
         if not running:
             return
         self._keys = self._keys or shard_keys(self.conf)
-        cached = set(cached_keys(Path(self.conf["out"]) / "cache"))
+        self._chunks = self._chunks or ChunkKeys(Path(self.conf["out"]) / "cache", len(self.conf["backbone"].split("+")))
+        cached = self._chunks.keys()
+        catalogue = set().union(*self._keys.values())
+        if len(cached & catalogue) < self.at * len(catalogue):
+            return
         for ti in running:
             shard = self._keys[ti["map_index"]]
-            if 0 < len(shard & cached) < len(shard):
+            if 0 < len(shard & cached) < len(shard) and len(shard & cached) >= self.shard_at * len(shard):
                 self.cluster.kill_worker(ti["hostname"])
-                self.killed = {**ti, "cached_at_kill": len(shard & cached), "shard_posters": len(shard)}
+                self.killed = {**ti, "cached_at_kill": len(shard & cached), "shard_posters": len(shard),
+                               "catalogue_cached_at_kill": len(cached & catalogue), "catalogue_posters": len(catalogue),
+                               "killed_at": time.time()}
                 return
 
 
@@ -555,19 +609,128 @@ class Run:
         return "\n".join(lines)
 
 
+def _stage(tasks: list[dict], task: str) -> tuple[float, float] | None:
+    """When a stage's first try started and its last one ended (epoch seconds)."""
+    spans = [(ti["start"], ti["end"]) for ti in tasks if ti["task"] == task and ti["start"] and ti["end"]]
+    return (min(s for s, _ in spans), max(e for _, e in spans)) if spans else None
+
+
+def throughput(run: Run) -> dict:
+    """Stage wall times; posters/s in ``embed`` for the cluster (posters / the stage's wall time,
+    first shard started to last shard ended) and for each worker (its posters / the seconds its
+    embed tries ran, each with a task's fixed start-up cost). A killed try counts on its worker
+    with the posters it had cached (in every backbone's store) and its seconds up to the kill."""
+    every = run.tasks + run.earlier_tries
+    stages = {task: _stage(every, task) for task in ("check_inputs", "fetch_posters", "embed", "train", "evaluate",
+                                                       "predict", "merge_predictions", "report")}
+    walls = {task: round(span[1] - span[0], 1) for task, span in stages.items() if span}
+    workers: dict[str, dict] = {}
+    for ti in run.tasks:
+        if ti["task"] == "embed" and ti["state"] == "success":
+            worker = workers.setdefault(ti["hostname"], {"shards": 0, "posters": 0, "seconds": 0.0})
+            worker["shards"] += 1
+            worker["posters"] += run.embedded[ti["map_index"]]["computed"]
+            worker["seconds"] += ti["seconds"]
+    if run.killed:
+        (first,) = [ti for ti in run.earlier_tries if (ti["task"], ti["map_index"], ti["try"]) ==
+                    ("embed", run.killed["map_index"], run.killed["try"])]
+        worker = workers.setdefault(run.killed["hostname"], {"shards": 0, "posters": 0, "seconds": 0.0})
+        worker["killed_try"] = {"posters": run.killed["cached_at_kill"],
+                                "seconds": round(run.killed["killed_at"] - first["start"], 1)}
+        worker["posters"] += run.killed["cached_at_kill"]
+        worker["seconds"] += worker["killed_try"]["seconds"]
+    for worker in workers.values():
+        worker["seconds"] = round(worker["seconds"], 1)
+        worker["posters_per_s"] = round(worker["posters"] / worker["seconds"], 1) if worker["seconds"] else None
+    counts = run.embedded.values()
+    computed = sum(r["computed"] for r in counts)
+    fetched = sum(1 for _ in Path(run.conf["images"]).glob("*.jpg"))
+    return {
+        "dag_seconds": round(run.seconds, 1), "stage_seconds": walls,
+        "fetch_posters_per_s": round(fetched / walls["fetch_posters"], 1) if walls.get("fetch_posters") else None,
+        "embed": {"computed": computed, "cached": sum(r["cached"] for r in counts),
+                  "failed": sum(r["failed"] for r in counts), "shards": len(run.embedded)},
+        "cluster_posters_per_s": round(computed / walls["embed"], 1) if walls.get("embed") else None,
+        "workers": dict(sorted(workers.items())),
+    }
+
+
+def check_cache(run: Run) -> dict:
+    """Each backbone's feature store after a run, against the posters fetched: every key in exactly
+    one chunk row, and the index (``index.sqlite``: its keys table and its chunks table's row
+    counts) agreeing with the chunk files. ``written_once`` when all of it holds."""
+    import sqlite3
+    from collections import Counter
+
+    from posterlens.data.images import content_hash
+
+    images = sorted(Path(run.conf["images"]).glob("*.jpg"))
+    posters = {content_hash(p.read_bytes()) for p in images}
+    poster_bytes = sum(p.stat().st_size for p in images)
+    stores = {}
+    for folder in sorted((Path(run.conf["out"]) / "cache" / "features").iterdir()):
+        files = sorted(folder.glob("*.safetensors"))
+        keys = Counter(key for path in files for key in _chunk_keys(path) or [])
+        db = sqlite3.connect(f"file:{folder / 'index.sqlite'}?mode=ro", uri=True)
+        try:
+            (index_keys,) = db.execute("SELECT COUNT(*) FROM keys").fetchone()
+            index_chunks, index_rows, damaged = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(rows), 0), COALESCE(SUM(damaged), 0) FROM chunks").fetchone()
+        finally:
+            db.close()
+        stores[folder.name] = {
+            "chunk_files": len(files), "chunk_rows": sum(keys.values()), "distinct_keys": len(keys),
+            "keys_in_more_than_one_row": sum(n > 1 for n in keys.values()),
+            "posters_missing": len(posters - set(keys)), "keys_not_a_poster": len(set(keys) - posters),
+            "index_keys": index_keys, "index_chunks": index_chunks, "index_rows": index_rows,
+            "index_damaged_chunks": damaged, "unfinished_tmp_files": len(list(folder.glob(".*.tmp"))),
+            "chunk_bytes": sum(p.stat().st_size for p in files),
+            "index_bytes": sum(p.stat().st_size for p in folder.glob("index.sqlite*"))}
+    once = bool(stores) and all(
+        s["keys_in_more_than_one_row"] == 0 and s["posters_missing"] == 0 and s["keys_not_a_poster"] == 0
+        and s["chunk_rows"] == s["distinct_keys"] == s["index_keys"] == s["index_rows"] == len(posters)
+        and s["index_chunks"] == s["chunk_files"] and s["index_damaged_chunks"] == 0 for s in stores.values())
+    return {"posters": len(posters), "poster_bytes": poster_bytes, "stores": stores, "written_once": once}
+
+
+def prepare_engines(folder: Path, backbone: str, posters: int) -> dict:
+    """Make the backbones' models for the engine ``embed_shard`` picks for a catalogue of ``posters``
+    (exports, int8 models and this machine's engine timings) in a cache folder, unless there already.
+    Each run's new feature cache gets a copy (``copy_engines``), as a deployment ships its models,
+    so that runs time embedding alone and all use one engine."""
+    from posterlens.app.pipeline import PipelineConfig
+    from posterlens.features.engines import make_runner, resolve_engine
+
+    start = time.monotonic()
+    spec = PipelineConfig(catalog="", images="", out=str(folder), backbone=backbone).train_config().feature_spec()
+    engine = resolve_engine("auto", spec.backbones, folder, posters=posters)
+    for b in spec.backbones:
+        make_runner(b, folder, engine)
+    return {"engine": engine, "seconds": round(time.monotonic() - start, 1)}
+
+
+def copy_engines(engines: Path, cache: Path) -> None:
+    """A cache folder's models and engine timings (not its features) into a run's feature cache."""
+    shutil.copytree(engines, cache, ignore=shutil.ignore_patterns("features"), dirs_exist_ok=True)
+
+
 def run_sample(cluster: Cluster, catalog: Path, work: Path, run_id: str, shard_size: int = 80, epochs: int = 3,
-               kill_worker: bool = False, timeout: float = 600) -> Run:
+               kill_worker: bool = False, timeout: float = 600, backbone: str = "efficientnet_lite0",
+               kill_at: float = 0.0, kill_shard_at: float = 0.0, engines: Path | None = None) -> Run:
     """Trigger the DAG on a catalogue with its own ``out`` (and feature cache) under ``work``.
 
     The posters go to ``work/images``, shared by the runs. With ``kill_worker`` a worker is
-    SIGKILLed while an ``embed`` shard it runs is part way through.
+    SIGKILLed while an ``embed`` shard it runs is part way through (``KillDuringEmbed``: once
+    ``kill_at`` of the catalogue and ``kill_shard_at`` of the shard are cached). ``engines``: a folder of ``prepare_engines`` copied into the new cache.
     """
     conf = {"catalog": str(catalog), "images": str(work / "images"), "out": str(work / run_id),
             "shard_size": shard_size, "epochs": epochs, "min_genre_count": 10, "allow_private_hosts": True,
-            "backbone": "efficientnet_lite0"}  # one backbone: this run is about the workers, not the features
+            "backbone": backbone}  # lite0 alone by default: this run is about the workers, not the features
+    if engines:
+        copy_engines(engines, Path(conf["out"]) / "cache")
     start = time.monotonic()
     cluster.trigger(conf, run_id)
-    killer = KillDuringEmbed(cluster, run_id, conf) if kill_worker else None
+    killer = KillDuringEmbed(cluster, run_id, conf, at=kill_at, shard_at=kill_shard_at) if kill_worker else None
     state = cluster.wait(run_id, timeout, poll=killer)
     return Run(run_id, conf, state, time.monotonic() - start, cluster.task_instances(run_id),
                cluster.task_instances(run_id, "task_instance_history"), cluster.results(run_id, "embed"),
@@ -579,34 +742,91 @@ def reuse_onnx_export(first: Run, work: Path, run_id: str) -> None:
     shutil.copytree(Path(first.conf["out"]) / "cache" / "onnx", work / run_id / "cache" / "onnx")
 
 
+def _throughput_lines(run: Run, speed: dict, checks: dict) -> str:
+    embed, stages = speed["embed"], speed["stage_seconds"]
+    lines = [f"  DAG {speed['dag_seconds']:.0f} s (trigger to {run.state}); stages (first start to last end): "
+             + ", ".join(f"{task} {s:.0f} s" for task, s in stages.items()),
+             f"  fetch: {speed['fetch_posters_per_s']} posters/s for the cluster",
+             (f"  embed: {embed['computed']:,} computed + {embed['cached']:,} cached ({embed['failed']} failed) in "
+              f"{embed['shards']} shards, {stages.get('embed', 0):.0f} s: {speed['cluster_posters_per_s']} posters/s "
+              f"for the cluster")]
+    for name, w in speed["workers"].items():
+        extra = (f" (incl. the killed try: {w['killed_try']['posters']} posters in {w['killed_try']['seconds']} s)"
+                 if "killed_try" in w else "")
+        lines.append(f"  {name}: {w['shards']} shards, {w['posters']:,} posters in {w['seconds']:.0f} s of embed "
+                     f"tasks: {w['posters_per_s']} posters/s{extra}")
+    for name, s in checks["stores"].items():
+        lines.append(f"  cache {name}: {s['chunk_files']} chunk files, {s['chunk_rows']:,} rows, "
+                     f"{s['distinct_keys']:,} distinct keys, {s['keys_in_more_than_one_row']} in more than one row; "
+                     f"index {s['index_keys']:,} keys / {s['index_rows']:,} rows in {s['index_chunks']} chunks "
+                     f"({s['index_damaged_chunks']} damaged); posters {checks['posters']:,}, missing "
+                     f"{s['posters_missing']}, strays {s['keys_not_a_poster']}; .tmp left {s['unfinished_tmp_files']}")
+    lines.append(f"  every key written once: {checks['written_once']}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=SAMPLE,
+                        help="a folder with MovieGenre.csv and images/tt<id>.jpg, served from 127.0.0.1 (the sample; "
+                             "scripts/make_big_catalogue.py makes larger ones)")
+    parser.add_argument("--workers", type=int, default=len(WORKERS), choices=range(1, len(WORKERS) + 1))
     parser.add_argument("--shard-size", type=int, default=80, help="movies per fetch/embed shard (the sample has 240)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--kill-worker", action="store_true",
-                        help="then a second run on a fresh feature cache, SIGKILLing a worker during embed")
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="one backbone, or several joined by '+'")
+    parser.add_argument("--runs", nargs="+", choices=("plain", "killed"), default=["plain"],
+                        help="plain: a run; killed: a run on a fresh feature cache, SIGKILLing a worker during embed")
+    parser.add_argument("--kill-worker", action="store_true", help="the same as --runs plain killed")
+    parser.add_argument("--kill-at", type=float, default=0.0,
+                        help="in the killed run, kill once this share of the catalogue's posters is cached")
+    parser.add_argument("--kill-shard-at", type=float, default=0.0,
+                        help="... and this share of the posters of the shard the killed worker runs")
+    parser.add_argument("--engines", type=Path,
+                        help="a cache folder for the models and engine timings (made there if missing), copied into "
+                             "each run's cache; default: made anew in the cluster's folder")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds a run may take")
+    parser.add_argument("--report", type=Path, help="also write what was measured here, as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the cluster up (UI on 127.0.0.1) until Ctrl-C")
     args = parser.parse_args()
+    wanted = ["plain", "killed"] if args.kill_worker else list(dict.fromkeys(args.runs))
+    if "killed" in wanted and args.workers < 2:
+        parser.error("a killed run needs 2 workers: one to kill, one to finish")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the cluster is stopped
 
     started = time.monotonic()
-    with Cluster() as cluster, serve_folder(SAMPLE / "images") as base_url:
+    runs, report = [], {"argv": sys.argv[1:], "runs": []}
+    with Cluster(workers=WORKERS[:args.workers]) as cluster, serve_folder(args.data / "images") as base_url:
         print(f"cluster up in {time.monotonic() - started:.0f} s in {cluster.root} (logs in {cluster.root / 'logs'}): "
               f"postgres 127.0.0.1:{cluster.ports['postgres']}, redis 127.0.0.1:{cluster.ports['redis']}, "
               f"api-server http://127.0.0.1:{cluster.ports['api']}, workers {', '.join(cluster.workers)}", flush=True)
         work = cluster.root / "runs"
-        catalog = catalog_with_urls(SAMPLE / "MovieGenre.csv", base_url, work / "MovieGenre.csv")
-        runs = [run_sample(cluster, catalog, work, "distributed", args.shard_size, args.epochs)]
-        print(runs[-1], flush=True)
-        if args.kill_worker and runs[0].state == "success":
-            reuse_onnx_export(runs[0], work, "worker-killed")
-            runs.append(run_sample(cluster, catalog, work, "worker-killed", args.shard_size, args.epochs, kill_worker=True))
-            print(runs[-1], flush=True)
-        for run in runs:
+        catalog = catalog_with_urls(args.data / "MovieGenre.csv", base_url, work / "MovieGenre.csv")
+        movies = sum(1 for _ in catalog.open(encoding="utf-8")) - 1  # an upper bound: rows, not movies
+        engines = args.engines or work / "engines"
+        report["engines"] = prepare_engines(engines, args.backbone, movies)
+        print(f"engines in {engines}: {report['engines']}", flush=True)
+        for kind in wanted:
+            run_id = "distributed" if kind == "plain" else "worker-killed"
+            load = os.getloadavg()
+            run = run_sample(cluster, catalog, work, run_id, args.shard_size, args.epochs, kill_worker=kind == "killed",
+                             timeout=args.timeout, backbone=args.backbone, kill_at=args.kill_at,
+                             kill_shard_at=args.kill_shard_at, engines=engines)
+            runs.append(run)
+            speed, checks = throughput(run), check_cache(run)
+            print(f"{run}\n{_throughput_lines(run, speed, checks)}", flush=True)
+            report["runs"].append({"run_id": run_id, "workers": list(cluster.workers), "posters": movies,
+                                   "state": run.state, "loadavg_before": load, "loadavg_after": os.getloadavg(),
+                                   "killed": run.killed, "throughput": speed, "cache": checks,
+                                   "tasks": run.tasks, "earlier_tries": run.earlier_tries})
             if run.state == "success":
-                print(f"{run.run_id}: {(Path(run.conf['out']) / 'summary.json').read_text()}")
+                report["runs"][-1]["summary"] = json.loads((Path(run.conf["out"]) / "summary.json").read_text())
+                print(f"{run.run_id}: {(Path(run.conf['out']) / 'summary.json').read_text()}", flush=True)
             else:
-                print(cluster.diagnose(run.run_id))
+                print(cluster.diagnose(run.run_id), flush=True)
+            if kind == "killed" and not run.killed:
+                print(f"{run.run_id}: no embed shard was caught part way through, so no worker was killed", flush=True)
+        if args.report:
+            args.report.write_text(json.dumps(report, indent=1, default=str))
         if args.keep:
             print(f"\nUI: http://127.0.0.1:{cluster.ports['api']}  (Ctrl-C stops everything)", flush=True)
             try:
@@ -615,7 +835,8 @@ def main() -> int:
             except KeyboardInterrupt:
                 pass
     print(f"stopped; {cluster.root} removed; all done in {time.monotonic() - started:.0f} s")
-    return 0 if all(run.state == "success" for run in runs) else 1
+    killed_as_asked = all(run.killed for run in runs if run.run_id == "worker-killed")
+    return 0 if all(run.state == "success" for run in runs) and killed_as_asked else 1
 
 
 if __name__ == "__main__":

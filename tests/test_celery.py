@@ -133,6 +133,15 @@ def test_mapped_shards_run_on_both_workers(distributed, sample_rows):
 def test_distributed_run_embeds_each_poster_once(distributed):
     _check_embedded_once(distributed)
     assert sum(r["computed"] for r in distributed.embedded.values()) == _distinct_posters(distributed)
+    assert celery_cluster.check_cache(distributed)["written_once"]  # the index agrees with the chunk files
+
+
+@pytest.mark.slow
+def test_throughput_counts_each_poster_on_the_worker_that_embedded_it(distributed):
+    speed = celery_cluster.throughput(distributed)
+    assert set(speed["workers"]) == set(celery_cluster.WORKERS)
+    assert sum(w["posters"] for w in speed["workers"].values()) == speed["embed"]["computed"] == _distinct_posters(distributed)
+    assert speed["cluster_posters_per_s"] > 0 and all(w["posters_per_s"] > 0 for w in speed["workers"].values())
 
 
 @pytest.mark.slow
@@ -155,6 +164,10 @@ def test_nothing_cached_is_computed_again_after_the_kill(worker_killed):
     killed = worker_killed.killed
     assert counts[killed["map_index"]]["cached"] >= killed["cached_at_kill"] > 0  # the killed try's work was kept
     assert sum(r["computed"] + r["cached"] for r in counts.values()) == _distinct_posters(worker_killed)
+    assert celery_cluster.check_cache(worker_killed)["written_once"]
+    speed = celery_cluster.throughput(worker_killed)  # the killed try's posters count on the killed worker
+    assert speed["workers"][killed["hostname"]]["killed_try"]["posters"] == killed["cached_at_kill"]
+    assert sum(w["posters"] for w in speed["workers"].values()) == speed["embed"]["computed"] + killed["cached_at_kill"]
 
 
 @pytest.mark.slow
