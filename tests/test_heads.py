@@ -139,4 +139,6 @@ def test_epochs_are_cut_to_the_step_budget_on_large_sets():
     model = GenreClassifier(epochs=20, batch_size=256, max_steps=4000)
     assert model.epochs_for(4722) == 20 and model.epochs_for(51200) == 20
     assert model.epochs_for(100_000) == 10 and model.epochs_for(10_000_000) == 1
-    assert GenreClassifier(epochs=20).epochs_for(10_000_000) == 20  # no budget by default
+    assert GenreClassifier(epochs=20).epochs_for(204_800) == 20  # the default budget cuts nothing up to here
+    assert GenreClassifier(epochs=20).epochs_for(1_000_000) == 4
+    assert GenreClassifier(epochs=20, max_steps=0).epochs_for(10_000_000) == 20  # 0: no budget

@@ -14,11 +14,18 @@ and its parameters.
 - ``ScoreRegressor``: a scikit-learn ``Pipeline`` (standardise -> PCA -> Nystroem RBF
   features -> ridge): memory and time grow linearly with the number of posters.
 - ``ScoreClassifier``: the original design, each distinct score a class (fastai, cross-entropy).
+
+Out of core: ``GenreClassifier`` and ``ScoreRegressor`` fit from a ``np.memmap`` (float16 or
+float32 on disk; ``np.load(path, mmap_mode="r")``) without a full-size copy. They read it in
+blocks of ``ROWS`` rows (means and standard deviations, projections, predictions) or a training
+batch at a time (sorted rows, standardised as they are read), from the file (``_take``).
 """
 
 from __future__ import annotations
 
-import gc
+import mmap
+import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -28,6 +35,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from posterlens.data.splits import calibration_splits
 from posterlens.models.fitted import (
     PARAM_RULES,
+    ROWS,
     RULE_DEFAULTS,
     GenreHead,
     LabelRule,
@@ -40,21 +48,91 @@ from posterlens.models.fitted import (
 
 __all__ = ["GenreClassifier", "ScoreRegressor", "ScoreClassifier", "SCORE_ESTIMATORS", "FitLog", "fit_module", "torch_network"]
 
+PCA_POSTERS = 100_000  # ScoreRegressor fits its PCA on at most this many posters (a seeded sample of rows)
 
-def _standardiser(X: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std (1 where constant), summed in float64 over row chunks: no full-size temporaries."""
+
+# --- reading the embeddings: an array in memory or a memmap on disk ----------------------------------
+
+def _features(X) -> np.ndarray:
+    """``X`` as it is where it is a 2-D float array (a memmap stays on disk), else a float32 copy."""
+    if not (isinstance(X, np.ndarray) and X.dtype.kind == "f"):
+        X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"expected a 2-D array of embeddings, got shape {X.shape}")
+    return X
+
+
+def _in_file(X: np.ndarray) -> bool:
+    """Whether ``X`` is a whole C-ordered ``np.memmap`` (``np.load(path, mmap_mode="r")``): its
+    ``filename`` and ``offset`` then say where each row is, and ``_take`` reads it from the file."""
+    return isinstance(X, np.memmap) and isinstance(X.base, mmap.mmap) and X.flags.c_contiguous and bool(X.filename)
+
+
+def _take(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``X``'s ``rows`` as a new array of its type: read from the file where ``X`` is a whole memmap
+    (``_in_file``), one ``pread`` a run of consecutive rows, else by indexing.
+
+    Reading a memory map maps the pages it touches into the process, and on this kernel a page
+    cache folio at a time (up to 2 MB for one 11 KB row): a few thousand random rows mapped the
+    whole file, which then counted as the process's memory. Read from the file, the rows go
+    through the OS page cache alone.
+    """
+    if not _in_file(X):
+        return X[rows]
+    out = np.empty((len(rows), *X.shape[1:]), dtype=X.dtype)
+    row_bytes = out[:1].nbytes
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    with open(X.filename, "rb", buffering=0) as file:
+        for first, last in zip([0, *breaks], [*breaks, len(rows)]):
+            target = out[first:last]
+            if os.preadv(file.fileno(), [target], X.offset + int(rows[first]) * row_bytes) != target.nbytes:
+                raise OSError(f"{X.filename}: shorter than its {len(X):,} rows")
+    return out
+
+
+def _blocks(X: np.ndarray, rows: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """``X``'s rows (or its ``rows``, in the order given), ``ROWS`` at a time, each a new float32 array."""
+    n = len(X) if rows is None else len(rows)
+    for start in range(0, n, ROWS):
+        chunk = np.arange(start, min(start + ROWS, n)) if rows is None else rows[start:start + ROWS]
+        yield _take(X, chunk).astype(np.float32, copy=False)  # a new array: callers may standardise it in place
+
+
+def _by_blocks(predict, X: np.ndarray) -> np.ndarray:
+    """``predict`` on ``_blocks`` of ``X``, stacked (blocks of ``ROWS``, as ``fitted.by_rows``)."""
+    if len(X) == 0:
+        return predict(X)
+    return np.concatenate([predict(block) for block in _blocks(X)])
+
+
+def _transformed(transform, X: np.ndarray, rows: np.ndarray | None, width: int) -> np.ndarray:
+    """``transform`` of each of ``_blocks(X, rows)``, written into one float32 array of ``width`` columns."""
+    out = np.empty((len(X) if rows is None else len(rows), width), dtype=np.float32)
+    for start, block in zip(range(0, len(out), ROWS), _blocks(X, rows)):
+        out[start:start + len(block)] = transform(block)
+    return out
+
+
+def _standardiser(X: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (1 where constant) of ``X`` (or its ``rows``), summed in float64 over ``_blocks``."""
     total, squares = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for start in range(0, len(X), chunk):
-        block = X[start:start + chunk]
+    for block in _blocks(X, rows):
         total += block.sum(axis=0, dtype=np.float64)
-        squares += np.square(block).sum(axis=0, dtype=np.float64)
-    mean = total / len(X)
-    std = np.sqrt(np.maximum(squares / len(X) - mean ** 2, 0.0))
+        squares += np.square(block, out=block).sum(axis=0, dtype=np.float64)  # the block is a copy
+    n = len(X) if rows is None else len(rows)
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
     return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
 
 
-COLLECT_ABOVE = 256 << 20  # bytes of training data above which a fit ends with gc.collect() (~0.3 s each)
+def _sample(n: int, size: int, seed: int) -> np.ndarray:
+    """Every row of ``n`` where ``size`` covers them, else ``size`` rows drawn with ``seed``; sorted."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
+
+# --- training with fastai -------------------------------------------------------------------------
 
 @dataclass
 class FitLog:
@@ -71,21 +149,31 @@ def _mlp(n_in: int, n_out: int, hidden: int, dropout: float):
     return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
 
 
-def _batches(X: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool):
-    """A PyTorch DataLoader that takes whole batches out of in-memory tensors with ``index_select``.
+class _Rows:
+    """Map-style data whose index is a whole batch: the batch's rows of ``X`` read in one go, in
+    sorted order (a memmap reads forward), standardised with ``(mean, std)`` where given, and their
+    targets. ``X`` is read a batch at a time: no copy of it is made, in memory or on disk.
+    (fastai's own DataLoader fetches items one by one: 15x slower for embeddings.)"""
 
-    (fastai's own DataLoader fetches items one by one: 15x slower for embeddings; indexing
-    with a list of rows is about 2x slower than ``index_select``.)
-    """
-    import torch
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+    def __init__(self, X: np.ndarray, y: np.ndarray, rows: np.ndarray, standardise: tuple[np.ndarray, np.ndarray] | None):
+        self.X, self.y, self.rows, self.standardise = X, y, rows, standardise
 
-    class Rows(TensorDataset):
-        def __getitem__(self, rows):
-            rows = torch.as_tensor(rows)
-            return tuple(t.index_select(0, rows) for t in self.tensors)
+    def __len__(self) -> int:
+        return len(self.rows)
 
-    data = Rows(torch.as_tensor(X), torch.as_tensor(y))
+    def __getitem__(self, positions):
+        import torch
+
+        wanted = np.sort(self.rows[positions])
+        block = _take(self.X, wanted)
+        block = standardised(block, *self.standardise, inplace=True) if self.standardise else block.astype(np.float32, copy=False)
+        return torch.from_numpy(block), torch.from_numpy(np.ascontiguousarray(self.y[wanted]))
+
+
+def _batches(data: _Rows, batch_size: int, shuffle: bool):
+    """A PyTorch DataLoader of whole batches of ``data`` (in random order with ``shuffle``)."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
     order = RandomSampler(data) if shuffle else SequentialSampler(data)
     return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
 
@@ -127,8 +215,11 @@ def _forget_batch_losses():
 
 def fit_module(module, X: np.ndarray, y: np.ndarray, loss_func, epochs: int, lr: float, wd: float,
                batch_size: int = 256, seed: int = 42, valid: tuple[np.ndarray, np.ndarray] | None = None,
-               threads: int = 1) -> FitLog:
-    """Train ``module`` on (X, y) with fastai's ``Learner.fit_one_cycle``; returns the curve."""
+               threads: int = 1, rows: np.ndarray | None = None,
+               standardise: tuple[np.ndarray, np.ndarray] | None = None) -> FitLog:
+    """Train ``module`` on the ``rows`` of (X, y) (all by default) with fastai's ``Learner.fit_one_cycle``;
+    returns the curve. Batches are read from ``X`` as they are needed (``_Rows``), standardised with
+    ``standardise`` (mean, std) where given, and so are ``valid``'s (default: the first batch's rows)."""
     from posterlens import _compat
 
     _compat.ensure_torchvision()  # fastai imports torchvision
@@ -138,19 +229,18 @@ def fit_module(module, X: np.ndarray, y: np.ndarray, loss_func, epochs: int, lr:
     from fastai.torch_core import default_device, set_seed
 
     set_seed(seed)
-    valid = valid if valid is not None else (X[:batch_size], y[:batch_size])
-    dls = DataLoaders(_batches(X, y, batch_size, shuffle=True), _batches(*valid, batch_size, shuffle=False),
+    rows = np.arange(len(X)) if rows is None else np.asarray(rows)
+    train = _Rows(X, y, rows, standardise)
+    check = _Rows(*valid, np.arange(len(valid[0])), standardise) if valid is not None else \
+        _Rows(X, y, rows[:batch_size], standardise)
+    dls = DataLoaders(_batches(train, batch_size, shuffle=True), _batches(check, batch_size, shuffle=False),
                       device=default_device())
     learn = Learner(dls, module, loss_func=loss_func, wd=wd, cbs=[_forget_batch_losses()])
     with learn.no_bar(), learn.no_logging(), _torch_threads(threads):
         learn.fit_one_cycle(epochs, lr)
-    rows = [{"epoch": i, "train_loss": float(v[0]), "valid_loss": float(v[1])}
-            for i, v in enumerate(learn.recorder.values)]
+    curve = [{"epoch": i, "train_loss": float(v[0]), "valid_loss": float(v[1])} for i, v in enumerate(learn.recorder.values)]
     module.eval()
-    del learn, dls
-    if X.nbytes > COLLECT_ABOVE:  # fastai keeps reference cycles: free a large fold's copies now, not at the next gc
-        gc.collect()
-    return FitLog(rows)
+    return FitLog(curve)
 
 
 def _module_arrays(module) -> dict[str, np.ndarray]:
@@ -174,28 +264,35 @@ def _forward(module, X: np.ndarray) -> np.ndarray:
         return module(torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32))).numpy()
 
 
+def _logits(module, X: np.ndarray, rows: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``module``'s outputs for ``X``'s ``rows``, standardised and forwarded a block at a time."""
+    return np.concatenate([_forward(module, standardised(block, mean, std, inplace=True)) for block in _blocks(X, rows)])
+
+
 # --- genres ---------------------------------------------------------------------------------------
 
 class GenreClassifier(ClassifierMixin, BaseEstimator):
     """Multi-label genre classifier that owns its chain: standardise -> network -> calibration -> labels.
 
-    ``fit(X, Y)`` takes embeddings and a 0/1 genre matrix. The network is a linear layer
+    ``fit(X, Y)`` takes embeddings (an array, or a ``np.memmap`` it reads without copying) and a
+    0/1 genre matrix. The network is a linear layer
     (``hidden=0``) or one hidden layer, trained with BCE (square-root positive-class
     weights with ``pos_weight``) by fastai's ``fit_one_cycle``, for ``epochs`` epochs (fewer
     with a ``max_steps`` budget: ``epochs_for``). Networks trained on the other folds (``calibration_folds`` of
     them) give out-of-fold logits: a per-genre ``sigmoid(a * z + b)`` (Platt) is fitted on them,
     and then the label rule (``LabelRule(max_labels, rank_power, threshold_scale)``) on the
     calibrated out-of-fold probabilities. Folds are taken in turn until they hold
-    ``calibration_posters`` posters: every poster of a small set, one fold of a large one (a
-    third of 100,000 posters is plenty for a per-genre Platt fit and a threshold, at two
-    network fits instead of four). The network that predicts is the one trained on all of ``X``.
+    ``calibration_posters`` posters, the last one's drawn at random to make up the number: every
+    poster of a small set, a sample of one fold of a large one (20,000 posters are plenty for a
+    per-genre Platt fit and a threshold, at two network fits instead of four). The network that
+    predicts is the one trained on all of ``X``.
     """
 
     RULES = PARAM_RULES["GenreClassifier"]  # each parameter's range (``settings.check``)
 
     def __init__(self, hidden: int = 0, dropout: float = 0.5, epochs: int = 20, lr: float = 3e-3,
                  wd: float = 30.0, pos_weight: bool = True, batch_size: int = 256, calibration_folds: int = 3,
-                 calibration_posters: int = 20000, max_steps: int = 0, max_labels: int = RULE_DEFAULTS["max_labels"],
+                 calibration_posters: int = 20000, max_steps: int = 16000, max_labels: int = RULE_DEFAULTS["max_labels"],
                  rank_power: float = RULE_DEFAULTS["rank_power"], threshold_scale: float = RULE_DEFAULTS["threshold_scale"],
                  seed: int = 42):
         self.hidden, self.dropout, self.epochs, self.lr, self.wd = hidden, dropout, epochs, lr, wd
@@ -205,30 +302,32 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
 
     # the network alone
-    def _fit_network(self, X: np.ndarray, Y: np.ndarray, valid: tuple[np.ndarray, np.ndarray] | None = None,
-                     owned: bool = False):
-        """Standardise and train the network; with ``owned``, ``X`` (a copy) is standardised in place."""
+    def _fit_network(self, X: np.ndarray, Y: np.ndarray, rows: np.ndarray | None = None,
+                     valid: tuple[np.ndarray, np.ndarray] | None = None):
+        """Standardise and train the network on ``X``'s ``rows`` (all by default), read a batch at a time."""
         import torch
         from torch import nn
 
-        mean, std = _standardiser(X)
+        rows = np.arange(len(X)) if rows is None else rows
+        mean, std = _standardiser(X, rows)
         torch.manual_seed(self.seed)  # the initial weights too: not whatever the global generator holds
         module = _mlp(X.shape[1], Y.shape[1], self.hidden, self.dropout)
         weight = None
         if self.pos_weight:
-            pos = Y.mean(axis=0).clip(1e-3, 1 - 1e-3)
+            pos = Y[rows].mean(axis=0).clip(1e-3, 1 - 1e-3)
             weight = torch.as_tensor(np.sqrt((1 - pos) / pos), dtype=torch.float32)
-        v = (standardised(valid[0], mean, std), valid[1].astype(np.float32)) if valid is not None else None
-        log = fit_module(module, standardised(X, mean, std, owned), Y.astype(np.float32), nn.BCEWithLogitsLoss(pos_weight=weight),
-                         self.epochs_for(len(X)), self.lr, self.wd, self.batch_size, self.seed, v)
+        if valid is not None:
+            valid = (_features(valid[0]), np.asarray(valid[1], dtype=np.float32))
+        log = fit_module(module, X, Y, nn.BCEWithLogitsLoss(pos_weight=weight), self.epochs_for(len(rows)), self.lr,
+                         self.wd, self.batch_size, self.seed, valid, rows=rows, standardise=(mean, std))
         return mean, std, module, log
 
     def epochs_for(self, n: int) -> int:
         """``epochs``, or fewer where ``max_steps`` (0: no limit) caps a network's optimiser steps on ``n`` posters.
 
-        Off by default: at 100,000 posters all 20 epochs take 127 s and ``max_steps=4000``
-        (10 epochs) 80 s, but on 80,000 synthetic posters 8 epochs instead of 20 cost 0.024
-        macro-mAP (docs/scaling.md).
+        The default budget (16,000 steps of 256 posters) cuts nothing up to 204,800 posters (on
+        80,000 synthetic posters, 8 epochs instead of 20 cost 0.024 macro-mAP: docs/scaling.md);
+        at 1,000,000 it trains 4 epochs, and benchmarks/scale.py fits the genre model in 343 s.
         """
         if self.max_steps <= 0:
             return self.epochs
@@ -236,30 +335,32 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
         return max(1, min(self.epochs, self.max_steps // steps_per_epoch))
 
     def out_of_fold_logits(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits from networks that did not see the posters, and the rows they are for.
+        """Logits from networks that did not see the posters, and the rows they are for (sorted).
 
         The ``calibration_folds`` folds (``splits.calibration_splits``) are taken in turn until they
-        hold ``calibration_posters`` posters; those used are kept in ``calibration_splits_``.
+        hold ``calibration_posters`` posters, the last fold's drawn at random (``seed``) to make up the
+        number; the folds used are kept whole in ``calibration_splits_``.
         """
-        Z, done = np.zeros(Y.shape, dtype=np.float32), np.zeros(len(Y), dtype=bool)
+        parts, wanted = [], min(len(Y), self.calibration_posters)
         self.calibration_splits_ = []
         for train, valid in calibration_splits(Y, self.calibration_folds, self.seed):
-            mean, std, module, _ = self._fit_network(X[train], Y[train], owned=True)
-            Z[valid] = _forward(module, standardised(X[valid], mean, std, inplace=True))
-            done[valid] = True
+            held = valid[_sample(len(valid), wanted - sum(len(rows) for rows, _ in parts), self.seed)]
+            mean, std, module, _ = self._fit_network(X, Y, train)
+            parts.append((held, _logits(module, X, held, mean, std)))
             self.calibration_splits_.append((train, valid))
-            if done.sum() >= self.calibration_posters:
+            if sum(len(rows) for rows, _ in parts) >= wanted:
                 break
-        rows = np.flatnonzero(done)
-        return Z[rows], rows
+        rows = np.concatenate([rows for rows, _ in parts])
+        order = np.argsort(rows)
+        return np.concatenate([logits for _, logits in parts])[order], rows[order]
 
     def fit(self, X: np.ndarray, Y: np.ndarray, valid: tuple[np.ndarray, np.ndarray] | None = None) -> "GenreClassifier":
         """Fit the chain; ``valid`` (X, Y) only feeds the training curve's validation loss."""
-        X, Y = np.asarray(X, dtype=np.float32), np.asarray(Y, dtype=np.float32)
+        X, Y = _features(X), np.asarray(Y, dtype=np.float32)
         if self.calibration_folds < 2:
             raise ValueError(f"calibration_folds must be 2 or more (got {self.calibration_folds})")
         oof, self.oof_rows_ = self.out_of_fold_logits(X, Y)
-        mean, std, self.module_, self.log_ = self._fit_network(X, Y, valid)
+        mean, std, self.module_, self.log_ = self._fit_network(X, Y, valid=valid)
         scale, bias = self.calibrate(oof, Y[self.oof_rows_])
         self.oof_proba_ = sigmoid(oof * scale + bias)
         rule = LabelRule(self.max_labels, self.rank_power, self.threshold_scale).fit(Y[self.oof_rows_], self.oof_proba_)
@@ -286,11 +387,11 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated probability of each genre, (n_posters, n_genres)."""
-        return self.head_.predict_proba(X)
+        return _by_blocks(self.head_.predict_proba, _features(X))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """0/1 genres by the label rule."""
-        return self.head_.predict(X)
+        return _by_blocks(self.head_.predict, _features(X))
 
     def labels(self, P: np.ndarray) -> np.ndarray:
         """The label rule on probabilities already computed (train, evaluate and predict share it)."""
@@ -318,11 +419,35 @@ _STEP_STATE = {
 }
 
 
+def _ridge_solution(kernel, reduced: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """Ridge with an intercept on the fitted ``kernel``'s features of ``reduced`` (coef, intercept).
+
+    The features are made ``ROWS`` rows at a time and their normal equations summed in float64;
+    then ``(Fc'Fc + alpha I) w = Fc'yc`` on the centred sums: what scikit-learn's ``Ridge``
+    solves with its cholesky solver, without holding every poster's features.
+    """
+    from scipy.linalg import solve
+
+    width = kernel.normalization_.shape[0]
+    gram, cross, total = np.zeros((width, width)), np.zeros(width), np.zeros(width)
+    for start in range(0, len(reduced), ROWS):
+        F = kernel.transform(reduced[start:start + ROWS]).astype(np.float64)
+        gram += F.T @ F
+        cross += F.T @ y[start:start + ROWS]
+        total += F.sum(axis=0)
+    n = len(y)
+    mean, y_mean = total / n, float(np.mean(y))
+    coef = solve(gram - n * np.outer(mean, mean) + alpha * np.eye(width), cross - n * mean * y_mean, assume_a="pos")
+    return coef, y_mean - float(mean @ coef)
+
+
 class ScoreRegressor(RegressorMixin, BaseEstimator):
     """IMDb score: standardise -> PCA(``components``) -> ``kernel_components`` Nystroem RBF features -> ridge.
 
     An approximation of RBF kernel ridge whose cost grows linearly with the posters
-    (exact kernel ridge needs 16 B x N^2 of memory and an O(N^3) solve).
+    (exact kernel ridge needs 16 B x N^2 of memory and an O(N^3) solve). ``fit`` reads ``X`` (an
+    array, or a ``np.memmap`` it does not copy) in blocks; the PCA is fitted on at most
+    ``PCA_POSTERS`` of its rows.
     """
 
     RULES = PARAM_RULES["ScoreRegressor"]  # each parameter's range (``settings.check``)
@@ -349,19 +474,23 @@ class ScoreRegressor(RegressorMixin, BaseEstimator):
         ])
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "ScoreRegressor":
-        """Fit the pipeline's steps one by one, so that only one scaled copy of ``X`` ever exists.
+        """Fit the pipeline's steps one by one over blocks of ``X``, copying at most ``PCA_POSTERS`` rows of it.
 
-        (``Pipeline.fit`` adds ``StandardScaler.fit``'s and PCA's full-size temporaries: at
-        20,000 posters its peak was 2.4x the embeddings' size above them, this one's 1.1x.)
+        The posters are projected (``_project``); the Nystroem features of the projections
+        (``components`` numbers a poster, kept) feed the ridge's normal equations a block at a time
+        (``_ridge_solution``). (``Pipeline.fit`` on the whole matrix peaked at 2.4x the embeddings'
+        size above them at 20,000 posters.)
         """
-        X = np.asarray(X, dtype=np.float32)
+        X = _features(X)
+        y = np.asarray(y, dtype=np.float64)
         offset = float(np.mean(y))
         self.pipeline_ = self._pipeline(*X.shape)
         scale, pca, kernel, ridge = (step for _, step in self.pipeline_.steps)
-        for start in range(0, len(X), 8192):
-            scale.partial_fit(X[start:start + 8192])
-        reduced = pca.fit_transform(scale.transform(X))  # PCA(copy=False) centres the scaled copy in place
-        ridge.fit(kernel.fit_transform(reduced), np.asarray(y, dtype=np.float64) - offset)
+        reduced = self._project(X, scale, pca)
+        kernel.fit(reduced)
+        coef, intercept = _ridge_solution(kernel, reduced, y - offset, self.alpha)
+        ridge.coef_, ridge.intercept_ = coef.astype(np.float32), np.float32(intercept)  # float32, as Ridge fitted them
+        ridge.n_features_in_ = len(coef)
         arrays = {"offset": np.array([offset])}
         for name, step in self.pipeline_.steps:
             for attr in _STEP_STATE[type(step).__name__]:
@@ -370,8 +499,18 @@ class ScoreRegressor(RegressorMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         return self
 
+    def _project(self, X: np.ndarray, scale, pca) -> np.ndarray:
+        """Fit ``scale`` on every block of ``X`` (``partial_fit``) and ``pca`` on a scaled copy of at most
+        ``PCA_POSTERS`` rows (a sample drawn with ``seed``; every row of a smaller set); returns every
+        poster projected, (n_posters, components) float32."""
+        for block in _blocks(X):
+            scale.partial_fit(block)
+        sample = _sample(len(X), PCA_POSTERS, self.seed)
+        pca.fit(_transformed(lambda block: scale.transform(block, copy=False), X, sample, X.shape[1]))
+        return _transformed(lambda block: pca.transform(scale.transform(block, copy=False)), X, None, pca.n_components_)
+
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.head_.predict(X)
+        return _by_blocks(self.head_.predict, _features(X))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return self.head_.to_arrays()
@@ -399,14 +538,14 @@ class ScoreClassifier(ClassifierMixin, BaseEstimator):
         import torch
         from torch import nn
 
-        X = np.asarray(X, dtype=np.float32)
+        X = _features(X)
         classes = np.unique(np.round(y, 1)).astype(np.float32)
         target = np.searchsorted(classes, np.round(y, 1).astype(np.float32)).astype(np.int64)
         mean, std = _standardiser(X)
         torch.manual_seed(self.seed)  # the initial weights too
         self.module_ = _mlp(X.shape[1], len(classes), 0, 0.0)
-        self.log_ = fit_module(self.module_, standardised(X, mean, std), target,
-                               nn.CrossEntropyLoss(), self.epochs, self.lr, self.wd, seed=self.seed)
+        self.log_ = fit_module(self.module_, X, target, nn.CrossEntropyLoss(), self.epochs, self.lr, self.wd,
+                               seed=self.seed, standardise=(mean, std))
         self.head_ = ScoreClassesHead(self.get_params(), mean, std, Network(_module_arrays(self.module_)), classes)
         self.classes_, self.n_features_in_ = classes, X.shape[1]
         return self
