@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from posterlens.models import estimators, similar
+from posterlens.models import estimators, rows, similar
 from posterlens.models.estimators import GenreClassifier, ScoreRegressor
 from posterlens.models.similar import SimilarIndex
 
@@ -72,7 +72,8 @@ def test_fitting_from_a_memmap_never_copies_it(data, tmp_path, monkeypatch):
     X, Y, y = _data(40_000, 128)
     mapped = _on_disk(X, tmp_path / "X.npy")
     del X
-    monkeypatch.setattr(estimators, "ROWS", 1024)  # blocks of 1,024 rows: 2.5% of the posters
+    for module in (estimators, rows):  # blocks of 1,024 rows: 2.5% of the posters
+        monkeypatch.setattr(module, "ROWS", 1024)
     monkeypatch.setattr(estimators, "PCA_POSTERS", 4000)
     assert _peak_allocated(lambda: genre.fit(mapped, Y)) < mapped.nbytes / 4  # 14% measured; a copy of it would be 100%
     assert _peak_allocated(lambda: score.fit(mapped, y)) < mapped.nbytes / 4  # 16% measured

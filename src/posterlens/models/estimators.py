@@ -18,14 +18,11 @@ and its parameters.
 Out of core: ``GenreClassifier`` and ``ScoreRegressor`` fit from a ``np.memmap`` (float16 or
 float32 on disk; ``np.load(path, mmap_mode="r")``) without a full-size copy. They read it in
 blocks of ``ROWS`` rows (means and standard deviations, projections, predictions) or a training
-batch at a time (sorted rows, standardised as they are read), from the file (``_take``).
+batch at a time (sorted rows, standardised as they are read), from the file (``stored.take``).
 """
 
 from __future__ import annotations
 
-import mmap
-import os
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,6 +30,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 from posterlens.data.splits import calibration_splits
+from posterlens.models import rows as stored  # reading embeddings in blocks, from memory or a memmap
 from posterlens.models.fitted import (
     PARAM_RULES,
     ROWS,
@@ -51,87 +49,6 @@ __all__ = ["GenreClassifier", "ScoreRegressor", "ScoreClassifier", "SCORE_ESTIMA
 PCA_POSTERS = 100_000  # ScoreRegressor fits its PCA on at most this many posters (a seeded sample of rows)
 
 
-# --- reading the embeddings: an array in memory or a memmap on disk ----------------------------------
-
-def _features(X) -> np.ndarray:
-    """``X`` as it is where it is a 2-D float array (a memmap stays on disk), else a float32 copy."""
-    if not (isinstance(X, np.ndarray) and X.dtype.kind == "f"):
-        X = np.asarray(X, dtype=np.float32)
-    if X.ndim != 2:
-        raise ValueError(f"expected a 2-D array of embeddings, got shape {X.shape}")
-    return X
-
-
-def _in_file(X: np.ndarray) -> bool:
-    """Whether ``X`` is a whole C-ordered ``np.memmap`` (``np.load(path, mmap_mode="r")``): its
-    ``filename`` and ``offset`` then say where each row is, and ``_take`` reads it from the file."""
-    return isinstance(X, np.memmap) and isinstance(X.base, mmap.mmap) and X.flags.c_contiguous and bool(X.filename)
-
-
-def _take(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``X``'s ``rows`` as a new array of its type: read from the file where ``X`` is a whole memmap
-    (``_in_file``), one ``pread`` a run of consecutive rows, else by indexing.
-
-    Reading a memory map maps the pages it touches into the process, and on this kernel a page
-    cache folio at a time (up to 2 MB for one 11 KB row): a few thousand random rows mapped the
-    whole file, which then counted as the process's memory. Read from the file, the rows go
-    through the OS page cache alone.
-    """
-    if not _in_file(X):
-        return X[rows]
-    out = np.empty((len(rows), *X.shape[1:]), dtype=X.dtype)
-    row_bytes = out[:1].nbytes
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    with open(X.filename, "rb", buffering=0) as file:
-        for first, last in zip([0, *breaks], [*breaks, len(rows)]):
-            target = out[first:last]
-            if os.preadv(file.fileno(), [target], X.offset + int(rows[first]) * row_bytes) != target.nbytes:
-                raise OSError(f"{X.filename}: shorter than its {len(X):,} rows")
-    return out
-
-
-def _blocks(X: np.ndarray, rows: np.ndarray | None = None) -> Iterator[np.ndarray]:
-    """``X``'s rows (or its ``rows``, in the order given), ``ROWS`` at a time, each a new float32 array."""
-    n = len(X) if rows is None else len(rows)
-    for start in range(0, n, ROWS):
-        chunk = np.arange(start, min(start + ROWS, n)) if rows is None else rows[start:start + ROWS]
-        yield _take(X, chunk).astype(np.float32, copy=False)  # a new array: callers may standardise it in place
-
-
-def _by_blocks(predict, X: np.ndarray) -> np.ndarray:
-    """``predict`` on ``_blocks`` of ``X``, stacked (blocks of ``ROWS``, as ``fitted.by_rows``)."""
-    if len(X) == 0:
-        return predict(X)
-    return np.concatenate([predict(block) for block in _blocks(X)])
-
-
-def _transformed(transform, X: np.ndarray, rows: np.ndarray | None, width: int) -> np.ndarray:
-    """``transform`` of each of ``_blocks(X, rows)``, written into one float32 array of ``width`` columns."""
-    out = np.empty((len(X) if rows is None else len(rows), width), dtype=np.float32)
-    for start, block in zip(range(0, len(out), ROWS), _blocks(X, rows)):
-        out[start:start + len(block)] = transform(block)
-    return out
-
-
-def _standardiser(X: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std (1 where constant) of ``X`` (or its ``rows``), summed in float64 over ``_blocks``."""
-    total, squares = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for block in _blocks(X, rows):
-        total += block.sum(axis=0, dtype=np.float64)
-        squares += np.square(block, out=block).sum(axis=0, dtype=np.float64)  # the block is a copy
-    n = len(X) if rows is None else len(rows)
-    mean = total / n
-    std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
-    return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
-
-
-def _sample(n: int, size: int, seed: int) -> np.ndarray:
-    """Every row of ``n`` where ``size`` covers them, else ``size`` rows drawn with ``seed``; sorted."""
-    if n <= size:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
-
-
 # --- training with fastai -------------------------------------------------------------------------
 
 @dataclass
@@ -147,35 +64,6 @@ def _mlp(n_in: int, n_out: int, hidden: int, dropout: float):
     if not hidden:
         return nn.Sequential(nn.Linear(n_in, n_out))
     return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
-
-
-class _Rows:
-    """Map-style data whose index is a whole batch: the batch's rows of ``X`` read in one go, in
-    sorted order (a memmap reads forward), standardised with ``(mean, std)`` where given, and their
-    targets. ``X`` is read a batch at a time: no copy of it is made, in memory or on disk.
-    (fastai's own DataLoader fetches items one by one: 15x slower for embeddings.)"""
-
-    def __init__(self, X: np.ndarray, y: np.ndarray, rows: np.ndarray, standardise: tuple[np.ndarray, np.ndarray] | None):
-        self.X, self.y, self.rows, self.standardise = X, y, rows, standardise
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, positions):
-        import torch
-
-        wanted = np.sort(self.rows[positions])
-        block = _take(self.X, wanted)
-        block = standardised(block, *self.standardise, inplace=True) if self.standardise else block.astype(np.float32, copy=False)
-        return torch.from_numpy(block), torch.from_numpy(np.ascontiguousarray(self.y[wanted]))
-
-
-def _batches(data: _Rows, batch_size: int, shuffle: bool):
-    """A PyTorch DataLoader of whole batches of ``data`` (in random order with ``shuffle``)."""
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
-
-    order = RandomSampler(data) if shuffle else SequentialSampler(data)
-    return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
 
 
 @contextmanager
@@ -218,7 +106,7 @@ def fit_module(module, X: np.ndarray, y: np.ndarray, loss_func, epochs: int, lr:
                threads: int = 1, rows: np.ndarray | None = None,
                standardise: tuple[np.ndarray, np.ndarray] | None = None) -> FitLog:
     """Train ``module`` on the ``rows`` of (X, y) (all by default) with fastai's ``Learner.fit_one_cycle``;
-    returns the curve. Batches are read from ``X`` as they are needed (``_Rows``), standardised with
+    returns the curve. Batches are read from ``X`` as they are needed (``stored.Rows``), standardised with
     ``standardise`` (mean, std) where given, and so are ``valid``'s (default: the first batch's rows)."""
     from posterlens import _compat
 
@@ -230,10 +118,10 @@ def fit_module(module, X: np.ndarray, y: np.ndarray, loss_func, epochs: int, lr:
 
     set_seed(seed)
     rows = np.arange(len(X)) if rows is None else np.asarray(rows)
-    train = _Rows(X, y, rows, standardise)
-    check = _Rows(*valid, np.arange(len(valid[0])), standardise) if valid is not None else \
-        _Rows(X, y, rows[:batch_size], standardise)
-    dls = DataLoaders(_batches(train, batch_size, shuffle=True), _batches(check, batch_size, shuffle=False),
+    train = stored.Rows(X, y, rows, standardise)
+    check = stored.Rows(*valid, np.arange(len(valid[0])), standardise) if valid is not None else \
+        stored.Rows(X, y, rows[:batch_size], standardise)
+    dls = DataLoaders(stored.batches(train, batch_size, shuffle=True), stored.batches(check, batch_size, shuffle=False),
                       device=default_device())
     learn = Learner(dls, module, loss_func=loss_func, wd=wd, cbs=[_forget_batch_losses()])
     with learn.no_bar(), learn.no_logging(), _torch_threads(threads):
@@ -266,7 +154,7 @@ def _forward(module, X: np.ndarray) -> np.ndarray:
 
 def _logits(module, X: np.ndarray, rows: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """``module``'s outputs for ``X``'s ``rows``, standardised and forwarded a block at a time."""
-    return np.concatenate([_forward(module, standardised(block, mean, std, inplace=True)) for block in _blocks(X, rows)])
+    return np.concatenate([_forward(module, standardised(block, mean, std, inplace=True)) for block in stored.blocks(X, rows)])
 
 
 # --- genres ---------------------------------------------------------------------------------------
@@ -309,7 +197,7 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
         from torch import nn
 
         rows = np.arange(len(X)) if rows is None else rows
-        mean, std = _standardiser(X, rows)
+        mean, std = stored.standardiser(X, rows)
         torch.manual_seed(self.seed)  # the initial weights too: not whatever the global generator holds
         module = _mlp(X.shape[1], Y.shape[1], self.hidden, self.dropout)
         weight = None
@@ -317,7 +205,7 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
             pos = Y[rows].mean(axis=0).clip(1e-3, 1 - 1e-3)
             weight = torch.as_tensor(np.sqrt((1 - pos) / pos), dtype=torch.float32)
         if valid is not None:
-            valid = (_features(valid[0]), np.asarray(valid[1], dtype=np.float32))
+            valid = (stored.features(valid[0]), np.asarray(valid[1], dtype=np.float32))
         log = fit_module(module, X, Y, nn.BCEWithLogitsLoss(pos_weight=weight), self.epochs_for(len(rows)), self.lr,
                          self.wd, self.batch_size, self.seed, valid, rows=rows, standardise=(mean, std))
         return mean, std, module, log
@@ -344,7 +232,7 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
         parts, wanted = [], min(len(Y), self.calibration_posters)
         self.calibration_splits_ = []
         for train, valid in calibration_splits(Y, self.calibration_folds, self.seed):
-            held = valid[_sample(len(valid), wanted - sum(len(rows) for rows, _ in parts), self.seed)]
+            held = valid[stored.sample(len(valid), wanted - sum(len(rows) for rows, _ in parts), self.seed)]
             mean, std, module, _ = self._fit_network(X, Y, train)
             parts.append((held, _logits(module, X, held, mean, std)))
             self.calibration_splits_.append((train, valid))
@@ -356,7 +244,7 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: np.ndarray, Y: np.ndarray, valid: tuple[np.ndarray, np.ndarray] | None = None) -> "GenreClassifier":
         """Fit the chain; ``valid`` (X, Y) only feeds the training curve's validation loss."""
-        X, Y = _features(X), np.asarray(Y, dtype=np.float32)
+        X, Y = stored.features(X), np.asarray(Y, dtype=np.float32)
         if self.calibration_folds < 2:
             raise ValueError(f"calibration_folds must be 2 or more (got {self.calibration_folds})")
         oof, self.oof_rows_ = self.out_of_fold_logits(X, Y)
@@ -387,11 +275,11 @@ class GenreClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated probability of each genre, (n_posters, n_genres)."""
-        return _by_blocks(self.head_.predict_proba, _features(X))
+        return stored.by_blocks(self.head_.predict_proba, stored.features(X))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """0/1 genres by the label rule."""
-        return _by_blocks(self.head_.predict, _features(X))
+        return stored.by_blocks(self.head_.predict, stored.features(X))
 
     def labels(self, P: np.ndarray) -> np.ndarray:
         """The label rule on probabilities already computed (train, evaluate and predict share it)."""
@@ -481,7 +369,7 @@ class ScoreRegressor(RegressorMixin, BaseEstimator):
         (``_ridge_solution``). (``Pipeline.fit`` on the whole matrix peaked at 2.4x the embeddings'
         size above them at 20,000 posters.)
         """
-        X = _features(X)
+        X = stored.features(X)
         y = np.asarray(y, dtype=np.float64)
         offset = float(np.mean(y))
         self.pipeline_ = self._pipeline(*X.shape)
@@ -503,14 +391,14 @@ class ScoreRegressor(RegressorMixin, BaseEstimator):
         """Fit ``scale`` on every block of ``X`` (``partial_fit``) and ``pca`` on a scaled copy of at most
         ``PCA_POSTERS`` rows (a sample drawn with ``seed``; every row of a smaller set); returns every
         poster projected, (n_posters, components) float32."""
-        for block in _blocks(X):
+        for block in stored.blocks(X):
             scale.partial_fit(block)
-        sample = _sample(len(X), PCA_POSTERS, self.seed)
-        pca.fit(_transformed(lambda block: scale.transform(block, copy=False), X, sample, X.shape[1]))
-        return _transformed(lambda block: pca.transform(scale.transform(block, copy=False)), X, None, pca.n_components_)
+        sample = stored.sample(len(X), PCA_POSTERS, self.seed)
+        pca.fit(stored.transformed(lambda block: scale.transform(block, copy=False), X, sample, X.shape[1]))
+        return stored.transformed(lambda block: pca.transform(scale.transform(block, copy=False)), X, None, pca.n_components_)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return _by_blocks(self.head_.predict, _features(X))
+        return stored.by_blocks(self.head_.predict, stored.features(X))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return self.head_.to_arrays()
@@ -538,10 +426,10 @@ class ScoreClassifier(ClassifierMixin, BaseEstimator):
         import torch
         from torch import nn
 
-        X = _features(X)
+        X = stored.features(X)
         classes = np.unique(np.round(y, 1)).astype(np.float32)
         target = np.searchsorted(classes, np.round(y, 1).astype(np.float32)).astype(np.int64)
-        mean, std = _standardiser(X)
+        mean, std = stored.standardiser(X)
         torch.manual_seed(self.seed)  # the initial weights too
         self.module_ = _mlp(X.shape[1], len(classes), 0, 0.0)
         self.log_ = fit_module(self.module_, X, target, nn.CrossEntropyLoss(), self.epochs, self.lr, self.wd,

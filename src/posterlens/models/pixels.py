@@ -85,7 +85,7 @@ class _Rows(torch.utils.data.Dataset):
 
 
 def loader(X: np.ndarray, Y: np.ndarray, idx: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
-    """Whole batches of the rows ``idx`` (like ``estimators._batches``); a training loader drops its last
+    """Whole batches of the rows ``idx`` (like ``rows.batches``); a training loader drops its last
     batch when it would hold a single poster (batch norm needs two)."""
     data = _Rows(X, Y, idx)
     order = RandomSampler(data) if shuffle else SequentialSampler(data)
