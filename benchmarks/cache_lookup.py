@@ -5,7 +5,7 @@
 
 Builds one synthetic cache a size in a temporary folder, through ``FeatureCache.add`` (chunks of
 ``--chunk-rows`` rows, the size of the files ``compact`` merges to; keys are SHA-256 hex digests
-like real ones; vectors ``--dim`` float32), then, ``--repeats`` times, the sizes interleaved so
+like real ones; vectors ``--dim`` float32, stored as float16), then, ``--repeats`` times, the sizes interleaved so
 that a noisy machine hurts them alike, opens a fresh ``FeatureCache`` and looks up ``--lookups``
 random present keys (a new sample each time), checking the vectors it gets. It prints, for each
 size, the milliseconds to open the cache and to look up the keys (min and median) and, on its
@@ -25,12 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from posterlens.features.backbones import Backbone, resolve
-from posterlens.features.store import FeatureCache
+from posterlens.features.store import FeatureCache, rounded
 
 
 def vectors(rows: np.ndarray, dim: int) -> np.ndarray:
-    """The synthetic embedding of each row: its number plus a ramp."""
-    return (rows[:, None] + np.arange(dim)[None, :] / dim).astype(np.float32)
+    """The synthetic embedding of each row: its number in two parts (within float16's range), then a ramp."""
+    out = np.tile(np.arange(dim, dtype=np.float32) / dim, (len(rows), 1))
+    out[:, 0], out[:, 1] = rows % 1024, rows // 1024
+    return out
 
 
 def build(root: Path, backbone: Backbone, size: int, chunk_rows: int) -> list[str]:
@@ -52,7 +54,7 @@ def lookup(root: Path, backbone: Backbone, keys: list[str], lookups: int, rng: n
     opened = time.perf_counter()
     found = cache.get([keys[i] for i in rows])
     done = time.perf_counter()
-    assert np.array_equal(np.stack([found[keys[i]] for i in rows]), vectors(rows, backbone.feature_dim))
+    assert np.array_equal(np.stack([found[keys[i]] for i in rows]), rounded(vectors(rows, backbone.feature_dim)))
     return opened - start, done - opened
 
 

@@ -20,6 +20,16 @@ def sample_dir() -> Path:
     return SAMPLE
 
 
+@pytest.fixture
+def posters(tmp_path: Path, sample_dir: Path) -> list[Path]:
+    """The first 10 sample posters by name, copied into tmp_path/posters."""
+    folder = tmp_path / "posters"
+    folder.mkdir()
+    for path in sorted((sample_dir / "images").iterdir())[:10]:
+        shutil.copy(path, folder)
+    return sorted(folder.iterdir())
+
+
 @pytest.fixture(scope="session")
 def sample_rows() -> pd.DataFrame:
     return pd.read_csv(SAMPLE / "MovieGenre.csv", dtype=str, keep_default_na=False)

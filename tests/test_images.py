@@ -220,3 +220,50 @@ def test_one_decode_serves_every_size_as_decoding_for_each_alone(tmp_path, monke
     for size, image in zip(sizes, together):
         assert image.size == size
         np.testing.assert_array_equal(np.asarray(image), np.asarray(decode("large.jpg", data, size)))
+
+
+# --------------------------------------------------------------------------- the fast path
+
+
+def _encoded(mode: str, size=(300, 440), fmt="JPEG", **options) -> bytes:
+    """A smooth gradient poster (so that resizing filters agree closely) in ``mode`` and ``fmt``."""
+    y, x = np.mgrid[0:size[1], 0:size[0]]
+    rgb = np.stack([x * 255 // size[0], y * 255 // size[1], (x + y) * 255 // sum(size)], axis=-1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).convert(mode).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[images.ORIENTATION] = 6
+    return _encoded("RGB", exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("make, fast", [
+    (lambda: _encoded("RGB"), True),  # the development posters: about 300x440, shrunk to 224x320
+    (lambda: _encoded("RGB", progressive=True), True),
+    (lambda: _encoded("L"), True),
+    (lambda: _encoded("RGB", size=(100, 150)), True),  # enlarged
+    (lambda: _encoded("CMYK"), False),
+    (lambda: _encoded("RGB", fmt="PNG"), False),
+    (_rotated_jpeg, False),
+    (lambda: _encoded("RGB", size=(448, 640)), False),  # FAST_SHRINK times the size: Pillow's low-pass resize
+], ids=["rgb", "progressive", "grey", "small", "cmyk", "png", "exif-rotated", "large"])
+def test_the_fast_path_takes_plain_jpegs_and_stays_close_to_pillow(monkeypatch, make, fast):
+    data, size = make(), (SPEC.width, SPEC.height)
+    calls = []
+    decode_drafted = images._decode_drafted
+    monkeypatch.setattr(images, "_decode_drafted", lambda *args: calls.append(1) or decode_drafted(*args))
+    got = np.asarray(decode("x.jpg", data, size), dtype=float)
+    assert got.shape == (SPEC.height, SPEC.width, 3) and bool(calls) is not fast
+    monkeypatch.setattr(images, "FAST_SHRINK", 0.0)  # every image through Pillow
+    pillow = np.asarray(decode("x.jpg", data, size), dtype=float)
+    assert np.abs(got - pillow).mean() < 1.0  # grey levels, on a smooth image
+
+
+def test_a_damaged_jpeg_the_fast_path_refuses_is_pillows_to_decode(sample_dir):
+    data = _jpeg_bytes(sample_dir)
+    damaged = data[:len(data) // 2] + bytes(200) + data[len(data) // 2:]  # libjpeg-turbo warns: strict refuses
+    assert images._decode_fast(damaged, [(SPEC.width, SPEC.height)], images.MAX_PIXELS) is None
+    assert decode("damaged.jpg", damaged, (SPEC.width, SPEC.height)).size == (SPEC.width, SPEC.height)  # as before

@@ -24,8 +24,10 @@ def keys(n: int, start: int = 0) -> list[str]:
 
 
 def vectors(n: int, start: int = 0) -> np.ndarray:
-    """Row ``i`` holds the embedding of key ``i``: the same in every process."""
-    return (np.arange(start, start + n)[:, None] + np.arange(BACKBONE.feature_dim) / 10).astype(np.float32)
+    """Row ``i`` holds the embedding of key ``i``: the same in every process, exact in float16 (the store's
+    precision): ``i``'s bytes, then quarters."""
+    i = np.arange(start, start + n)[:, None]
+    return np.concatenate([(i >> np.arange(0, 32, 8)) & 255, (i & 7) + np.arange(4) / 4], axis=1).astype(np.float32)
 
 
 def cache(root: Path) -> store.FeatureCache:
@@ -206,3 +208,31 @@ def test_concurrent_writers_leave_every_key_indexed_and_readable(tmp_path):
     with sqlite3.connect(chunks(tmp_path)[0].parent / store.INDEX) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == len(chunks(tmp_path))
+
+
+def test_chunks_are_written_in_float16_and_float32_ones_still_read(tmp_path, caplog):
+    values = np.random.default_rng(0).normal(size=(3, BACKBONE.feature_dim)).astype(np.float32)
+    writer = cache(tmp_path)
+    writer.add(keys(3), values)
+    [written] = chunks(tmp_path)
+    assert written.name.endswith(".f16.safetensors")
+    found = cache(tmp_path).get(keys(3))
+    got = np.stack([found[k] for k in keys(3)])
+    assert got.dtype == np.float32 and np.array_equal(got, store.rounded(values)) and not np.array_equal(got, values)
+    assert np.abs(got - values).max() <= 1e-3 * np.abs(values).max()
+    folder = tmp_path / "features" / BACKBONE.key
+    save_file({"features": values}, str(folder / "20240101000000-00000001.safetensors"),  # a chunk from before
+              metadata={"keys": ",".join(keys(3, 10)), "sha256": store._digest(keys(3, 10), values)})
+    save_file({"features": values}, str(folder / "20240101000000-00000002.f16.safetensors"),  # says f16, holds f32
+              metadata={"keys": ",".join(keys(3, 20)), "sha256": store._digest(keys(3, 20), values)})
+    reopened = cache(tmp_path)
+    old = reopened.get(keys(3, 10))
+    assert np.array_equal(np.stack([old[k] for k in keys(3, 10)]), values)  # read as written, not rounded
+    assert reopened.get(keys(3, 20)) == {} and "00000002.f16.safetensors" in caplog.text
+
+
+def test_values_beyond_float16_are_not_stored(tmp_path, caplog):
+    values = vectors(2)
+    values[1, 0] = 1e6  # float16 holds up to 65504
+    cache(tmp_path).add(keys(2), values)
+    assert list(cache(tmp_path).get(keys(2))) == keys(1) and "NaN or infinite" in caplog.text

@@ -1,5 +1,9 @@
 """Poster files: read safely, decode, orient, resize (to 8-bit RGB at a given size).
 
+The common poster (an 8-bit RGB or grey JPEG, not rotated, at most ``FAST_SHRINK`` times the
+size asked for) is decoded by libjpeg-turbo through simplejpeg and resized by OpenCV's
+bilinear filter (``_decode_fast``); anything else by Pillow, which words every error.
+
 Posters are about 2:3 portrait, so callers ask for portrait sizes (a backbone's input,
 e.g. 224 wide x 320 high) rather than squares. Normalising for a network is the
 backbone's business (``features.backbones.to_array``).
@@ -11,6 +15,7 @@ or an out-of-memory. 16-bit and float images are scaled to 8 bits by their range
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -23,15 +28,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from posterlens.errors import PosterError
 
-__all__ = ["PosterError", "MAX_PIXELS", "MAX_FILE_BYTES", "DRAFT_SIZE", "content_hash", "decode", "decode_sizes",
+__all__ = ["PosterError", "MAX_PIXELS", "MAX_FILE_BYTES", "DRAFT_SIZE", "FAST_SHRINK", "content_hash", "decode", "decode_sizes",
            "to_8bit", "read_poster_bytes", "scan_folder", "IMAGE_SUFFIXES"]
 
+ORIENTATION = 0x0112  # the EXIF tag ImageOps.exif_transpose applies
 MAX_PIXELS = 40_000_000  # larger images are refused as decompression bombs
 MAX_FILE_BYTES = 50_000_000  # larger poster files are refused before they are read
 # JPEGs are decoded at a reduced scale that stays at least this size (width, height), the same
 # for every backbone, so that one decode serves them all: at least twice the largest registered
 # input (a test holds every registered backbone to it).
 DRAFT_SIZE = (520, 744)
+# the fast path resizes without a low-pass filter, so only images less than this many times the size asked
+# for take it (Pillow never drafts them); the development posters (about 300x440 to 224x320): 2.2x faster to
+# decode and resize, lite0's f32 embeddings within cosine 0.985 (least) / 0.9987 (median) of Pillow's
+FAST_SHRINK = 2.0
 
 
 def content_hash(data: bytes) -> str:
@@ -52,6 +62,9 @@ def decode_sizes(path: str | Path, data: bytes, sizes: Sequence[tuple[int, int]]
     that size alone: a backbone's pixels are the same whichever other sizes are asked for.
     """
     try:
+        fast = _decode_fast(data, sizes, max_pixels)
+        if fast is not None:
+            return fast
         drafts = {size: _draft_size(size) for size in sizes}
         decoded = {draft: _decode_drafted(path, data, draft, max_pixels) for draft in set(drafts.values())}
         return [decoded[drafts[size]].resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0) for size in sizes]
@@ -63,6 +76,50 @@ def decode_sizes(path: str | Path, data: bytes, sizes: Sequence[tuple[int, int]]
         raise PosterError(path, f"decompression bomb refused ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise PosterError(path, f"corrupt or truncated image ({err})") from None
+
+
+def _decode_fast(data: bytes, sizes: Sequence[tuple[int, int]], max_pixels: int) -> list[Image.Image] | None:
+    """``decode_sizes`` for an 8-bit RGB or grey JPEG without EXIF rotation, less than ``FAST_SHRINK``
+    times each size: simplejpeg's decode (libjpeg-turbo, as Pillow's) and OpenCV's bilinear resize.
+    None for any other image, or one that libjpeg-turbo reports as damaged: Pillow decodes those."""
+    simplejpeg, cv2 = _fast_libraries()
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:  # not a JPEG, or a damaged one
+        return None
+    if colorspace not in ("YCbCr", "Gray", "RGB") or width * height > max_pixels:
+        return None
+    if any(width >= FAST_SHRINK * w or height >= FAST_SHRINK * h for w, h in sizes) or _rotated(data):
+        return None
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError:
+        return None
+    return [Image.fromarray(cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR)) for size in sizes]
+
+
+def _rotated(jpeg: bytes) -> bool:
+    """Whether a JPEG's EXIF (or XMP) orientation is anything but upright, as ``ImageOps.exif_transpose``
+    reads it; Pillow looks only where the headers hold an APP1 segment (``FF E1``), where both live."""
+    import io
+
+    if b"\xff\xe1" not in jpeg[:max(jpeg.find(b"\xff\xda"), 0)]:
+        return False
+    try:
+        return Image.open(io.BytesIO(jpeg)).getexif().get(ORIENTATION, 1) != 1
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return True  # Pillow's path words the error
+
+
+@functools.cache
+def _fast_libraries():
+    """simplejpeg and cv2, OpenCV on one thread: posters are decoded a thread each, beside the network
+    (its own threads on small images cost 0.1 ms a poster here)."""
+    import cv2
+    import simplejpeg
+
+    cv2.setNumThreads(1)
+    return simplejpeg, cv2
 
 
 def _draft_size(size: tuple[int, int]) -> tuple[int, int]:

@@ -2,8 +2,9 @@
 
 Each poster is read, hashed and decoded once for all backbones, then resized to each one's
 input; posters found in the store are not decoded at all. Images are decoded in worker
-threads while the network runs. ``load_dataset`` reads a catalogue and embeds it: the
-``Dataset`` training, evaluation, tuning and comparison start from.
+threads while the networks run (OpenVINO's in threads of its own, ``IN_FLIGHT`` batches at a
+time). ``load_dataset`` reads a catalogue and embeds it: the ``Dataset`` training, evaluation,
+tuning and comparison start from.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from posterlens.data.dataset import Dataset
 from posterlens.data.images import PosterError, content_hash, decode_sizes, read_poster_bytes
 from posterlens.errors import DataError
 from posterlens.features.backbones import Backbone
-from posterlens.features.engines import BATCH_SIZES, INT8, Runner, make_runner, resolve_engine
-from posterlens.features.store import FeatureCache, NoCache
+from posterlens.features.engines import BATCH_SIZES, INT8, Pending, Runner, make_runners, resolve_engine
+from posterlens.features.store import FeatureCache, NoCache, rounded
 from posterlens.progress import progress as progress_bar
 
 if TYPE_CHECKING:
@@ -34,9 +35,14 @@ __all__ = ["Embeddings", "FeatureSpec", "embed", "embed_files", "load_dataset"]
 
 log = logging.getLogger(__name__)
 
+IN_FLIGHT = 2  # batches the networks hold (OpenVINO computes them in its threads) while the next is decoded
+STORE_ROWS = 1024  # computed embeddings are written to a backbone's store this many at a time
+
+
 @dataclass
 class Embeddings:
-    """Features for a list of poster files; rows of files that failed are NaN."""
+    """Features for a list of poster files (float32 at float16 precision, ``store.rounded``); rows of files
+    that failed are NaN."""
 
     paths: list[str]
     features: np.ndarray
@@ -124,6 +130,124 @@ def _prefetched(batches: list[Batch], load: Callable[[Batch], tuple], depth: int
             yield b, fut.result()
 
 
+def _submit(runner: Runner, pixels: np.ndarray) -> Pending:
+    """``runner`` started on ``pixels``: in its threads where it has ``submit`` (OpenVINO), else run now."""
+    submit = getattr(runner, "submit", None)
+    return submit(pixels) if submit is not None else Pending.ready(runner(pixels))
+
+
+@dataclass
+class _Started:
+    """A batch handed to the networks: its size, and for each backbone that runs, its index, the
+    rows it embeds and their features to come."""
+
+    posters: int
+    parts: list[tuple[int, list[int], Pending]]
+
+    def finished(self) -> bool:
+        """Whether every network finished, without an error."""
+        return all(pending.finished() for _, _, pending in self.parts)
+
+
+class _Writer:
+    """Computed embeddings on their way to each backbone's store, written ``STORE_ROWS`` at a time (a
+    cold job writes a few large chunk files instead of one a batch, which the store would merge
+    again past ``store.COMPACT_AFTER``); ``flush`` writes the rest."""
+
+    def __init__(self, caches: Sequence[FeatureCache | NoCache]):
+        self.caches = caches
+        self.keys: list[list[str]] = [[] for _ in caches]
+        self.vectors: list[list[np.ndarray]] = [[] for _ in caches]
+
+    def add(self, j: int, keys: list[str], vectors: np.ndarray) -> None:
+        self.keys[j] += keys
+        self.vectors[j].append(vectors)
+        if len(self.keys[j]) >= STORE_ROWS:
+            self._write(j)
+
+    def flush(self) -> None:
+        for j in range(len(self.caches)):
+            self._write(j)
+
+    def _write(self, j: int) -> None:
+        if self.keys[j]:
+            self.caches[j].add(self.keys[j], np.concatenate(self.vectors[j]))
+            self.keys[j], self.vectors[j] = [], []
+
+
+@dataclass
+class _Job:
+    """One ``embed`` call's posters: their keys, the rows sharing each key still to compute (``todo``),
+    the features so far (NaN where missing) and the errors."""
+
+    paths: list[str]
+    keys: list[str | None]
+    errors: dict[str, str]
+    spec: FeatureSpec
+    features: np.ndarray = field(init=False)
+    columns: list[slice] = field(init=False)  # each backbone's columns of ``features``
+    todo: dict[str, list[int]] = field(default_factory=dict)  # identical images are computed once
+    needs: dict[str, tuple[bool, ...]] = field(default_factory=dict)  # which backbones lack each image
+
+    def __post_init__(self) -> None:
+        self.features = np.full((len(self.paths), self.spec.feature_dim), np.nan, dtype=np.float32)
+        ends = np.cumsum([b.feature_dim for b in self.spec.backbones])
+        self.columns = [slice(end - b.feature_dim, end) for b, end in zip(self.spec.backbones, ends)]
+
+    def look_up(self, caches: Sequence[FeatureCache | NoCache]) -> None:
+        """Fill what the caches hold (index lookups: the cache's size does not matter); note the rest."""
+        known = [cache.get(dict.fromkeys(key for key in self.keys if key is not None)) for cache in caches]
+        for i, key in enumerate(self.keys):
+            if key is None:
+                continue
+            for table, cols in zip(known, self.columns):
+                if key in table:
+                    self.features[i, cols] = table[key]
+            self.needs[key] = tuple(key not in table for table in known)
+            if any(self.needs[key]):
+                self.todo.setdefault(key, []).append(i)
+
+    def fill(self, j: int, rows: list[int], vectors: np.ndarray) -> None:
+        """Backbone ``j``'s features of ``rows`` (the first row of each key), into every row of their key."""
+        for r, v in zip(rows, vectors):
+            self.features[self.todo[self.keys[r]], self.columns[j]] = v
+
+    def fail(self, row: int, reason: str) -> None:
+        """A poster that could not be decoded: NaN in every row of its key, columns from the caches too."""
+        self.features[self.todo[self.keys[row]]] = np.nan
+        self.errors.update((self.paths[r], reason) for r in self.todo[self.keys[row]])
+
+
+def _compute(job: _Job, batches: list[Batch], load: Callable[[Batch], tuple], runners: Sequence[Runner | None],
+             writer: _Writer, bar) -> None:
+    """Run the networks over the decoded batches, ``IN_FLIGHT`` at a time, and store what they give; an
+    interrupted job keeps every batch its networks finished."""
+    in_flight: deque[_Started] = deque()
+
+    def collect(started: _Started) -> None:
+        for j, rows, pending in started.parts:
+            vectors = rounded(pending.result())  # as the store keeps them: a warm run gives what this one does
+            writer.add(j, [job.keys[r] for r in rows], vectors)
+            job.fill(j, rows, vectors)
+        bar.update(started.posters)
+
+    try:
+        for batch, (decoded, failed) in _prefetched(batches, load):
+            for row, reason in failed.items():
+                job.fail(row, reason)
+            in_flight.append(_Started(len(batch), [(j, rows, _submit(runners[j], pixels))
+                                                   for j, (rows, pixels) in enumerate(decoded) if rows]))
+            if len(in_flight) > IN_FLIGHT:
+                collect(in_flight.popleft())
+        while in_flight:
+            collect(in_flight.popleft())
+    finally:
+        for started in in_flight:
+            if started.finished():
+                collect(started)
+        writer.flush()
+
+
 def embed(
     paths: Sequence[str | Path],
     spec: FeatureSpec,
@@ -147,57 +271,33 @@ def embed(
     """
     start = time.perf_counter()
     cache_dir = Path(cache_dir)
-    paths = [str(p) for p in paths]
     backbones = spec.backbones
-    engine = resolve_engine(engine, backbones, cache_dir, len(paths))
-    batch_size = batch_size or BATCH_SIZES.get(engine, 8)
+    paths = [str(p) for p in paths]
+    job = _Job(paths, *_read_and_hash(paths, ":mirror" if mirror else ""), spec)
+    runners = list(runners or [None] * len(backbones))
+    engine = resolve_engine(engine, backbones, cache_dir, len(job.paths))
     caches = [FeatureCache(cache_dir, b, engine == INT8) if use_cache else NoCache() for b in backbones]
-    keys, errors = _read_and_hash(paths, ":mirror" if mirror else "")
-    distinct = list(dict.fromkeys(key for key in keys if key is not None))
-    known = [cache.get(distinct) for cache in caches]  # index lookups: the cache's size does not matter
-    ends = np.cumsum([b.feature_dim for b in backbones])
-    columns = [slice(end - b.feature_dim, end) for b, end in zip(backbones, ends)]
-    features = np.full((len(paths), spec.feature_dim), np.nan, dtype=np.float32)
-    todo: dict[str, list[int]] = {}  # identical images are computed once
-    needs: dict[str, tuple[bool, ...]] = {}  # which backbones lack each image
-    for i, key in enumerate(keys):
-        if key is None:
-            continue
-        for table, cols in zip(known, columns):
-            if key in table:
-                features[i, cols] = table[key]
-        needs[key] = tuple(key not in table for table in known)
-        if any(needs[key]):
-            todo.setdefault(key, []).append(i)
-    cached = sum(key is not None and not any(needs[key]) for key in keys)
+    job.look_up(caches)
+    build = [j for j in range(len(backbones))  # only for the backbones that run
+             if runners[j] is None and any(need[j] for need in job.needs.values())]
+    for j, runner in zip(build, make_runners([backbones[j] for j in build], cache_dir, engine)):
+        runners[j] = runner
     # posters needing the same backbones side by side, so that each backbone gets full batches
-    first = sorted(((rows[0], needs[key]) for key, rows in todo.items()), key=lambda item: item[1], reverse=True)
+    first = sorted(((rows[0], job.needs[key]) for key, rows in job.todo.items()), key=lambda item: item[1],
+                   reverse=True)
     if first:
-        runners = list(runners or [None] * len(backbones))  # built only for the backbones that run
-        for j, backbone in enumerate(backbones):
-            if runners[j] is None and any(need[j] for _, need in first):
-                runners[j] = make_runner(backbone, cache_dir, engine)
-        batches = [first[i:i + batch_size] for i in range(0, len(first), batch_size)]
+        size = batch_size or BATCH_SIZES.get(engine, 8)
         bar = progress_bar(len(first), f"embedding ({spec.name})", "poster", progress)
-        load = lambda batch: _decode_batch(paths, batch, spec, mirror)  # noqa: E731
-        for batch, (decoded, failed) in _prefetched(batches, load):
-            for row, reason in failed.items():
-                features[todo[keys[row]]] = np.nan  # columns from the other backbones' caches too
-                errors.update((paths[r], reason) for r in todo[keys[row]])
-            for runner, cache, cols, (rows, pixels) in zip(runners, caches, columns, decoded):
-                if rows:
-                    vectors = runner(pixels)
-                    cache.add([keys[r] for r in rows], vectors)
-                    for r, v in zip(rows, vectors):
-                        features[todo[keys[r]], cols] = v
-            bar.update(len(batch))
+        load = lambda batch: _decode_batch(job.paths, batch, spec, mirror)  # noqa: E731
+        _compute(job, [first[i:i + size] for i in range(0, len(first), size)], load, runners, _Writer(caches), bar)
         bar.close()
         for cache in caches:
             cache.compact()
-    for path, reason in errors.items():
+    for path, reason in job.errors.items():
         log.warning("skipped %s: %s", path, reason)
-    return Embeddings(paths, features, keys, errors, computed=sum(paths[i] not in errors for i, _ in first),
-                      cached=cached, seconds=time.perf_counter() - start)
+    cached = sum(key is not None and not any(job.needs[key]) for key in job.keys)
+    return Embeddings(job.paths, job.features, job.keys, job.errors, cached=cached, seconds=time.perf_counter() - start,
+                      computed=sum(job.paths[i] not in job.errors for i, _ in first))
 
 
 def embed_files(paths: Sequence[str | Path], backbone: Backbone, cache_dir: Path, runner: Runner | None = None,

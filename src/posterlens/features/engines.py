@@ -15,20 +15,21 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from posterlens.errors import EngineError
 from posterlens.features.backbones import Backbone
 from posterlens.features.export import onnx_file, torch_module
-from posterlens.features.int8 import CALIBRATION_DIR, INT8, int8_dir, int8_file, quantize_int8
+from posterlens.features.int8 import CALIBRATION_DIR, INT8, int8_dir, int8_file, make_int8_models, quantize_int8
 
-__all__ = ["Runner", "INT8", "ENGINES", "BATCH_SIZES", "INT8_AFTER", "FAITHFUL", "EngineError", "machine_key",
+__all__ = ["Runner", "Pending", "INT8", "ENGINES", "BATCH_SIZES", "INT8_AFTER", "FAITHFUL", "EngineError", "machine_key",
            "engine_timings", "choose_engine",
            "onnx_runner", "OpenVINORunner", "torch_runner", "openvino_available", "int8_unavailable",
-           "int8_available", "resolve_engine", "make_runner"]
+           "int8_available", "resolve_engine", "make_runner", "make_runners"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: w
 FAITHFUL = 0.95
 TIMING_POSTERS = 32  # the bundled posters after the int8 calibration ones: what each engine is timed on
 TIMING_ROUNDS = 3  # each engine's time is its best of this many rounds, interleaved with the others'
+# OpenVINO's threads pinned to cores: not, so that the decoding threads may take either core (a cold embed of
+# the development posters, 2 runs each, pinned / unpinned: wall 0.98x, i.e. no difference measured here)
+PINNED = False
 
 def onnx_runner(backbone: Backbone, cache_dir: Path, threads: int | None = None) -> Runner:
     """ONNX Runtime session on the exported backbone."""
@@ -59,6 +63,28 @@ def onnx_runner(backbone: Backbone, cache_dir: Path, threads: int | None = None)
     return lambda batch: session.run(None, {"pixels": batch})[0]
 
 
+class Pending:
+    """A batch's features, computed in parts in a runner's threads: ``result()`` waits for them, in order."""
+
+    def __init__(self, parts: Sequence[Future]):
+        self.parts = parts
+
+    @classmethod
+    def ready(cls, features: np.ndarray) -> Pending:
+        done: Future = Future()
+        done.set_result(features)
+        return cls([done])
+
+    def finished(self) -> bool:
+        """Whether every part is done, none with an error."""
+        return all(part.done() and part.exception() is None for part in self.parts)
+
+    def result(self) -> np.ndarray:
+        import numpy as np
+
+        return np.concatenate([part.result() for part in self.parts])
+
+
 class OpenVINORunner:
     """OpenVINO on the exported backbone: its int8 model with ``int8``, else the ONNX export in the
     CPU plugin's default precision (bf16 where the CPU has native bf16, AMX or AVX512-BF16; f32
@@ -66,7 +92,12 @@ class OpenVINORunner:
 
     Small batches run on one latency-tuned request with every thread; larger ones are split over
     one single-thread request a thread, run at once (throughput mode): 1.6-1.8x faster for a
-    batch of 8-16 on 2 cores. Each mode is compiled on its first batch.
+    batch of 8-16 on 2 cores. Each mode is compiled on its first batch, throughput mode with the
+    batch dimension fixed to that batch's share of a request (``part``: 1.08x faster than a
+    dynamic one for int8 lite0 + lite2 here, the same features; a shorter share is padded).
+    ``submit`` returns while the parts run, so that the caller decodes the next posters
+    meanwhile; threads are not pinned to cores (``PINNED``), so that the decoding threads take
+    whichever core a request leaves.
     """
 
     def __init__(self, backbone: Backbone, cache_dir: Path, threads: int | None = None, int8: bool = False):
@@ -76,7 +107,8 @@ class OpenVINORunner:
         self.threads = threads or (os.cpu_count() or 1)
         self.model = self._read(backbone, Path(cache_dir)) if int8 else self.core.read_model(str(onnx_file(backbone, cache_dir)))
         self.single = None  # latency mode's request
-        self.parallel: list | None = None  # throughput mode's requests
+        self.parallel: queue.SimpleQueue | None = None  # throughput mode's idle requests
+        self.part = 0  # posters a throughput-mode request takes
         self.pool: ThreadPoolExecutor | None = None
 
     def _read(self, backbone: Backbone, cache_dir: Path):
@@ -91,31 +123,56 @@ class OpenVINORunner:
             shutil.rmtree(path.parent, ignore_errors=True)
             return self.core.read_model(str(quantize_int8(backbone, cache_dir)))
 
-    def _compile(self, config: dict, requests: int) -> list:
-        compiled = self.core.compile_model(self.model, "CPU", {"INFERENCE_NUM_THREADS": self.threads, **config})
+    def _compile(self, config: dict, requests: int, batch: int | None = None) -> list:
+        """``requests`` requests on the model, its batch dimension fixed to ``batch`` where given."""
+        model = self.model
+        if batch is not None:
+            model = model.clone()
+            model.reshape({model.inputs[0]: [batch, self.backbone.height, self.backbone.width, 3]})
+        settings = {"INFERENCE_NUM_THREADS": self.threads, "ENABLE_CPU_PINNING": PINNED, **config}
+        compiled = self.core.compile_model(model, "CPU", settings)
         made = [compiled.create_infer_request() for _ in range(requests)]
-        # one poster on this thread first: pybind11 sets up its numpy API on first use, and two
+        # one batch on this thread first: pybind11 sets up its numpy API on first use, and two
         # requests doing that at once in a fresh process can deadlock (pybind/pybind11#4877)
         import numpy as np
 
-        made[0].infer({0: np.zeros((1, self.backbone.height, self.backbone.width, 3), np.uint8)})
+        made[0].infer({0: np.zeros((batch or 1, self.backbone.height, self.backbone.width, 3), np.uint8)})
         return made
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.submit(batch).result()
+
+    def submit(self, batch: np.ndarray) -> Pending:
+        """Start on ``batch``: a batch of ``2 * threads`` posters or more is split into ``part``s for the
+        requests, which run in this runner's threads (synchronous ``infer()``, which releases the GIL:
+        ``start_async()``/``wait()`` hung inside Airflow's in-process task runner); a smaller one runs now."""
         if self.threads < 2 or len(batch) < 2 * self.threads:
             if self.single is None:
                 [self.single] = self._compile({"PERFORMANCE_HINT": "LATENCY"}, 1)
-            return self.single.infer({0: batch})[0].copy()
+            return Pending.ready(self.single.infer({0: batch})[0].copy())
         if self.parallel is None:
-            self.parallel = self._compile({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.threads}, self.threads)
+            self.part = -(-len(batch) // self.threads)
+            self.parallel = queue.SimpleQueue()
+            for request in self._compile({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.threads},
+                                         self.threads, self.part):
+                self.parallel.put(request)
             self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="openvino")
+        parts = [batch[i:i + self.part] for i in range(0, len(batch), self.part)]
+        return Pending([self.pool.submit(self._infer, part) for part in parts])
+
+    def _infer(self, part: np.ndarray) -> np.ndarray:
+        """``part`` (padded to ``self.part`` posters) on an idle request (two runners' threads share the
+        cores, not the requests)."""
         import numpy as np
 
-        parts = np.array_split(batch, len(self.parallel))
-        # synchronous infer() in threads (it releases the GIL); start_async()/wait() hung inside
-        # Airflow's in-process task runner
-        done = self.pool.map(lambda pair: pair[0].infer({0: pair[1]})[0].copy(), zip(self.parallel, parts))
-        return np.concatenate(list(done))
+        given = len(part)
+        if given < self.part:
+            part = np.concatenate([part, np.zeros((self.part - given, *part.shape[1:]), part.dtype)])
+        request = self.parallel.get()
+        try:
+            return request.infer({0: part})[0][:given].copy()
+        finally:
+            self.parallel.put(request)
 
 
 def torch_runner(backbone: Backbone) -> Runner:
@@ -210,13 +267,25 @@ def _say_once(message: str) -> None:
 
 
 def make_runner(backbone: Backbone, cache_dir: Path, engine: str = "auto") -> Runner:
-    """The network that turns a uint8 batch (N, H, W, 3) into features (N, D)."""
+    """The network that turns a uint8 batch (N, H, W, 3) into features (N, D); the one ``choose_engine``
+    just timed, compiled and warm, where there is one."""
     engine = resolve_engine(engine, (backbone,), cache_dir)
+    timed = _TIMED.pop((backbone.key, str(Path(cache_dir)), engine), None)
+    if timed is not None:
+        return timed
     if engine in ("openvino", INT8):
         return OpenVINORunner(backbone, cache_dir, int8=engine == INT8)
     if engine == "onnx":
         return onnx_runner(backbone, cache_dir)
     return torch_runner(backbone)
+
+
+def make_runners(backbones: Sequence[Backbone], cache_dir: Path, engine: str = "auto") -> list[Runner]:
+    """``make_runner`` for each backbone, the int8 models still to make made at once (``make_int8_models``)."""
+    engine = resolve_engine(engine, backbones, cache_dir)
+    if engine == INT8:
+        make_int8_models(backbones, cache_dir)
+    return [make_runner(backbone, cache_dir, engine) for backbone in backbones]
 
 
 # --- which engine is fastest here: timed once per machine ---------------------------------------
@@ -238,6 +307,11 @@ def machine_key(backbones: Sequence[Backbone]) -> str:
     parts = [model, " ".join(sorted(_cpu_flags())), str(os.cpu_count()), installed("openvino"), installed("onnxruntime"),
              *(b.key for b in backbones)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+# runners built by the last ``engine_timings``, by (backbone key, cache folder, engine): ``choose_engine``
+# keeps the chosen engine's for ``make_runner`` to hand out once
+_TIMED: dict[tuple[str, str, str], Runner] = {}
 
 
 def _timing_pixels(backbone: Backbone):
@@ -262,12 +336,14 @@ def _cosines(a, b):
 def engine_timings(backbones: Sequence[Backbone], cache_dir: Path, candidates: Sequence[str]) -> dict[str, dict]:
     """Posters a second of each candidate engine over ``backbones`` at its batch size (``BATCH_SIZES``;
     best of ``TIMING_ROUNDS`` interleaved rounds, compiled and warmed first), and the least cosine
-    similarity of its embeddings to ONNX Runtime's f32 ones on the same posters."""
+    similarity of its embeddings to ONNX Runtime's f32 ones on the same posters. The runners it built
+    are kept in ``_TIMED`` (``choose_engine`` keeps those of the engine it picks)."""
     import numpy as np
 
+    _TIMED.clear()
     pixels = [_timing_pixels(b) for b in backbones]
     reference = [onnx_runner(b, cache_dir)(p) for b, p in zip(backbones, pixels)]
-    runners = {engine: [make_runner(b, cache_dir, engine) for b in backbones] for engine in candidates}
+    runners = {engine: make_runners(backbones, cache_dir, engine) for engine in candidates}
     best = {engine: float("inf") for engine in candidates}
     least = {}
     for engine, built in runners.items():  # compile and warm each engine's batch mode
@@ -282,6 +358,8 @@ def engine_timings(backbones: Sequence[Backbone], cache_dir: Path, candidates: S
                 for i in range(0, len(p), size):
                     run(p[i:i + size])
             best[engine] = min(best[engine], time.perf_counter() - start)
+    _TIMED.update({(b.key, str(Path(cache_dir)), engine): run
+                   for engine, built in runners.items() for b, run in zip(backbones, built)})
     n = len(pixels[0])
     return {engine: {"posters_per_s": round(n / best[engine], 1), "least_cosine": round(least[engine], 5),
                      "faithful": least[engine] >= FAITHFUL} for engine in candidates}
@@ -305,6 +383,8 @@ def choose_engine(backbones: Sequence[Backbone], cache_dir: Path, measure: bool 
     timings = engine_timings(backbones, cache_dir, candidates)
     faithful = [e for e in candidates if timings[e]["faithful"]] or ["onnx"]
     chosen = max(faithful, key=lambda e: timings[e]["posters_per_s"])
+    for key in [key for key in _TIMED if key[2] != chosen]:  # the job that asked runs the chosen engine
+        del _TIMED[key]
     log.info("--engine auto: timed here (%s): %s; using %s", path.name,
              ", ".join(f"{e} {t['posters_per_s']}/s" for e, t in timings.items()), chosen)
     try:
