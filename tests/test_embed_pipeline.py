@@ -58,10 +58,16 @@ class Summary:
         return np.repeat(batch.mean(axis=(1, 2, 3), dtype=np.float32)[:, None], SPEC.feature_dim, axis=1)
 
 
-def test_the_store_gets_a_chunk_file_every_store_rows(posters, tmp_path, monkeypatch):
+def test_chunk_files_double_up_to_store_rows(posters, tmp_path, monkeypatch):
+    from safetensors import safe_open
+
     monkeypatch.setattr(features, "STORE_ROWS", 4)
     cold = features.embed_files(posters, SPEC, tmp_path, runner=Summary(), batch_size=2, progress=False)
-    assert len(list((tmp_path / "features" / SPEC.key).glob("*.safetensors"))) == 3  # 4 + 4 + the last 2
+    rows = []
+    for chunk in (tmp_path / "features" / SPEC.key).glob("*.safetensors"):
+        with safe_open(str(chunk), framework="numpy") as f:
+            rows.append(len(f.metadata()["keys"].split(",")))
+    assert sorted(rows) == [2, 2, 2, 4]  # the first batch, as many again, then STORE_ROWS; the last 2 at the end
     warm = features.embed_files(posters, SPEC, tmp_path, runner=Summary(), progress=False)
     assert warm.cached == len(posters) and np.array_equal(warm.features, cold.features)
 

@@ -150,19 +150,23 @@ class _Started:
 
 
 class _Writer:
-    """Computed embeddings on their way to each backbone's store, written ``STORE_ROWS`` at a time (a
-    cold job writes a few large chunk files instead of one a batch, which the store would merge
-    again past ``store.COMPACT_AFTER``); ``flush`` writes the rest."""
+    """Computed embeddings on their way to each backbone's store: the first batch at once, then each
+    chunk file as large as all the ones before it together, up to ``STORE_ROWS`` rows. A cold job
+    of N posters writes about log2(N / batch) + N / ``STORE_ROWS`` files (instead of one a batch,
+    which the store would merge again past ``store.COMPACT_AFTER``), and a job killed part way
+    loses at most half of what it computed and at most ``STORE_ROWS`` posters; ``flush`` writes
+    the rest."""
 
     def __init__(self, caches: Sequence[FeatureCache | NoCache]):
         self.caches = caches
         self.keys: list[list[str]] = [[] for _ in caches]
         self.vectors: list[list[np.ndarray]] = [[] for _ in caches]
+        self.written = [0] * len(caches)
 
     def add(self, j: int, keys: list[str], vectors: np.ndarray) -> None:
         self.keys[j] += keys
         self.vectors[j].append(vectors)
-        if len(self.keys[j]) >= STORE_ROWS:
+        if len(self.keys[j]) >= min(STORE_ROWS, max(self.written[j], 1)):
             self._write(j)
 
     def flush(self) -> None:
@@ -172,6 +176,7 @@ class _Writer:
     def _write(self, j: int) -> None:
         if self.keys[j]:
             self.caches[j].add(self.keys[j], np.concatenate(self.vectors[j]))
+            self.written[j] += len(self.keys[j])
             self.keys[j], self.vectors[j] = [], []
 
 
