@@ -36,7 +36,7 @@ __all__ = ["Embeddings", "FeatureSpec", "embed", "embed_files", "load_dataset"]
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = 2  # batches the networks hold (OpenVINO computes them in its threads) while the next is decoded
-STORE_ROWS = 1024  # computed embeddings are written to a backbone's store this many at a time
+STORE_ROWS = 1024  # the most computed embeddings written to a backbone's store in one chunk file (``_Writer``)
 
 
 @dataclass
